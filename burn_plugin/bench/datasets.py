@@ -1,0 +1,338 @@
+"""BackdoorBench's datasets: names, shapes, class counts, on-disk layouts and transforms.
+
+Raw datasets yield ``(PIL.Image, int)`` and expose ``.targets`` like torchvision's. Layouts are
+BackdoorBench's (``<root>/data/<name>/...``, interface.md section 3.2); ``fashionmnist`` is added as
+the embedded default and is also found where Debian's ``dataset-fashion-mnist`` package puts it.
+
+Transforms are BackdoorBench's (``Resize -> RandomCrop(pad 4) -> [HFlip, cifar10 only] -> ToTensor
+-> Normalize`` for training; ``Resize -> ToTensor -> Normalize`` for testing), with one addition:
+grayscale images are converted to 3 channels (every model has a 3-channel stem; BackdoorBench's own
+mnist path breaks there, interface.md 3.4).
+
+For speed, :func:`to_uint8_tensor` materialises a dataset as one ``uint8`` tensor ``(N, 3, H, W)``
+(the test transform without ``ToTensor``/``Normalize``); the rest of the plugin augments and
+normalises on tensors (:mod:`burn_plugin.core.augment`).
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import DataNotFoundError, UnknownNameError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What BackdoorBench knows about a dataset (``get_num_classes``, ``get_input_shape``, Normalize)."""
+
+    name: str
+    num_classes: int
+    height: int
+    width: int
+    channels: int  # channels of the raw images (BackdoorBench's img_size[2]); models always see 3
+    mean: tuple
+    std: tuple
+    hflip: bool
+    layout: str
+    how_to_get: str
+    loader: Callable = field(repr=False, compare=False, default=None)
+
+    @property
+    def img_size(self) -> tuple:
+        """BackdoorBench's ``(H, W, C)``."""
+        return (self.height, self.width, self.channels)
+
+    @property
+    def mean3(self) -> tuple:
+        return tuple(self.mean) * 3 if len(self.mean) == 1 else tuple(self.mean)
+
+    @property
+    def std3(self) -> tuple:
+        return tuple(self.std) * 3 if len(self.std) == 1 else tuple(self.std)
+
+
+_SPECS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def list_datasets() -> list[str]:
+    return sorted(_SPECS)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise UnknownNameError(f"unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# raw datasets
+
+class ArrayImageDataset(torch.utils.data.Dataset):
+    """Images held as one uint8 array ``(N, H, W)`` or ``(N, H, W, C)``; yields ``(PIL, int)``."""
+
+    def __init__(self, data: np.ndarray, targets: Sequence[int]):
+        self.data = np.asarray(data, dtype=np.uint8)
+        self.targets = [int(t) for t in targets]
+        if len(self.data) != len(self.targets):
+            raise ValueError("images and labels differ in length")
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return Image.fromarray(self.data[i]), self.targets[i]
+
+
+class FileImageDataset(torch.utils.data.Dataset):
+    """Images as files (``paths``) with integer labels; yields ``(PIL RGB, int)`` (GTSRB, Tiny val)."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], targets: Sequence[int]):
+        self.paths = [str(p) for p in paths]
+        self.targets = [int(t) for t in targets]
+
+    @property
+    def labels(self):  # GTSRB-style attribute name BackdoorBench uses
+        return self.targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        with Image.open(self.paths[i]) as im:
+            return im.convert("RGB"), self.targets[i]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (optionally gzipped): MNIST/Fashion-MNIST's format."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    magic = int.from_bytes(raw[0:4], "big")
+    ndim = magic & 0xFF
+    if magic >> 8 != 0x08:
+        raise DataNotFoundError(f"{path} is not a uint8 idx file; re-install the data")
+    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+_IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _idx_pair(folder: Path, train: bool) -> tuple[Path, Path] | None:
+    out = []
+    for stem in _IDX_NAMES[train]:
+        for cand in (folder / stem, folder / (stem + ".gz")):
+            if cand.is_file():
+                out.append(cand)
+                break
+        else:
+            return None
+    return out[0], out[1]
+
+
+def _load_idx_dataset(folders: Sequence[Path], train: bool, name: str) -> ArrayImageDataset:
+    for folder in folders:
+        pair = _idx_pair(folder, train)
+        if pair:
+            images, labels = _read_idx(pair[0]), _read_idx(pair[1])
+            return ArrayImageDataset(images, labels.astype(np.int64))
+    spec = get_spec(name)
+    raise DataNotFoundError(f"{name} data not found; searched {', '.join(str(f) for f in folders)}; "
+                            f"{spec.how_to_get}")
+
+
+def _load_mnist(root: Path, train: bool):
+    return _load_idx_dataset([root / "MNIST" / "raw"], train, "mnist")
+
+
+def fashionmnist_folders(root: Path | None) -> list[Path]:
+    folders = []
+    if root is not None:
+        folders += [root / "FashionMNIST" / "raw", root]
+    folders.append(DEBIAN_FASHION_MNIST)
+    return folders
+
+
+def _load_fashionmnist(root: Path | None, train: bool):
+    return _load_idx_dataset(fashionmnist_folders(root), train, "fashionmnist")
+
+
+def _load_cifar(root: Path, train: bool, hundred: bool):
+    import torchvision
+
+    base = torchvision.datasets.CIFAR100 if hundred else torchvision.datasets.CIFAR10
+
+    class _Cifar(base):
+        # BackdoorBench checks md5 and tries to download; offline we only require the files to exist.
+        def _check_integrity(self) -> bool:
+            folder = Path(self.root) / self.base_folder
+            return all((folder / f).is_file() for f, _ in self.train_list + self.test_list)
+
+    name = "cifar100" if hundred else "cifar10"
+    try:
+        ds = _Cifar(str(root), train=train, download=False)
+    except RuntimeError:
+        raise DataNotFoundError(f"{name} data not found under {root / base.base_folder}; "
+                                f"{get_spec(name).how_to_get}") from None
+    return ArrayImageDataset(ds.data, ds.targets)
+
+
+def _load_gtsrb(root: Path, train: bool):
+    paths, labels = [], []
+    if train:
+        base = root / "Train"
+        if not base.is_dir():
+            raise DataNotFoundError(f"gtsrb data not found: {base} is missing; {get_spec('gtsrb').how_to_get}")
+        for cls_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+            gt = cls_dir / f"GT-{cls_dir.name}.csv"
+            if not gt.is_file():
+                raise DataNotFoundError(f"gtsrb annotation {gt} is missing; {get_spec('gtsrb').how_to_get}")
+            _read_gt(gt, cls_dir, paths, labels)
+    else:
+        gt = root / "Test" / "GT-final_test.csv"
+        if not gt.is_file():
+            raise DataNotFoundError(f"gtsrb data not found: {gt} is missing; {get_spec('gtsrb').how_to_get}")
+        _read_gt(gt, root / "Test", paths, labels)
+    return FileImageDataset(paths, labels)
+
+
+def _read_gt(gt: Path, folder: Path, paths: list, labels: list) -> None:
+    with open(gt, newline="") as fh:
+        rows = csv.reader(fh, delimiter=";")
+        next(rows, None)  # header
+        for row in rows:
+            if row:
+                paths.append(folder / row[0])
+                labels.append(int(row[7]))
+
+
+def _load_tiny(root: Path, train: bool):
+    import torchvision
+
+    base = root / "tiny-imagenet-200"
+    train_dir = base / "train"
+    if not train_dir.is_dir():
+        raise DataNotFoundError(f"tiny data not found: {train_dir} is missing; {get_spec('tiny').how_to_get}")
+    train_set = torchvision.datasets.ImageFolder(str(train_dir))
+    if train:
+        return FileImageDataset([p for p, _ in train_set.samples], train_set.targets)
+    val = base / "val"
+    ann = val / "val_annotations.txt"
+    if (val / "images").is_dir() and ann.is_file():
+        # a manually unzipped copy: flat val/images + annotations; map wnids with train's classes
+        paths, labels = [], []
+        for line in ann.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2 and parts[1] in train_set.class_to_idx:
+                paths.append(val / "images" / parts[0])
+                labels.append(train_set.class_to_idx[parts[1]])
+        return FileImageDataset(paths, labels)
+    if not val.is_dir():
+        raise DataNotFoundError(f"tiny data not found: {val} is missing; {get_spec('tiny').how_to_get}")
+    val_set = torchvision.datasets.ImageFolder(str(val))
+    remap = {i: train_set.class_to_idx[c] for c, i in val_set.class_to_idx.items()}
+    return FileImageDataset([p for p, _ in val_set.samples], [remap[t] for t in val_set.targets])
+
+
+_BB = "BackdoorBench layout"
+register_dataset(DatasetSpec(
+    "mnist", 10, 28, 28, 1, (0.5,), (0.5,), False,
+    layout="<root>/data/mnist/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
+    how_to_get="place the four MNIST idx files in MNIST/raw/ (Fashion-MNIST's idx files also work there)",
+    loader=_load_mnist))
+register_dataset(DatasetSpec(
+    "fashionmnist", 10, 28, 28, 1, (0.2860,), (0.3530,), False,
+    layout="<root>/data/fashionmnist/FashionMNIST/raw/ or /usr/share/datasets/fashion-mnist/",
+    how_to_get="install it with `apt-get install dataset-fashion-mnist` (or place the idx files in FashionMNIST/raw/)",
+    loader=_load_fashionmnist))
+register_dataset(DatasetSpec(
+    "cifar10", 10, 32, 32, 3, (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261), True,
+    layout="<root>/data/cifar10/cifar-10-batches-py/{data_batch_1..5,test_batch}",
+    how_to_get="extract cifar-10-python.tar.gz there",
+    loader=lambda root, train: _load_cifar(root, train, False)))
+register_dataset(DatasetSpec(
+    "cifar100", 100, 32, 32, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), False,
+    layout="<root>/data/cifar100/cifar-100-python/{train,test}",
+    how_to_get="extract cifar-100-python.tar.gz there",
+    loader=lambda root, train: _load_cifar(root, train, True)))
+register_dataset(DatasetSpec(
+    "gtsrb", 43, 32, 32, 3, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), False,
+    layout="<root>/data/gtsrb/Train/000NN/{*.ppm,GT-000NN.csv}, <root>/data/gtsrb/Test/{*.ppm,GT-final_test.csv}",
+    how_to_get="run BackdoorBench's sh/gtsrb_download.sh or lay the files out as it does",
+    loader=_load_gtsrb))
+register_dataset(DatasetSpec(
+    "tiny", 200, 64, 64, 3, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), False,
+    layout="<root>/data/tiny/tiny-imagenet-200/{train,val}/...",
+    how_to_get="unzip tiny-imagenet-200.zip there",
+    loader=_load_tiny))
+
+
+def load_raw(name: str, root: str | os.PathLike | None, train: bool):
+    """The raw split of dataset ``name`` found at ``root`` (``<R>/data/<name>``)."""
+    spec = get_spec(name)
+    root_path = Path(root) if root is not None else None
+    if root_path is None and name != "fashionmnist":
+        raise DataNotFoundError(f"no data folder given for {name}; expected {spec.layout}")
+    return spec.loader(root_path, train)
+
+
+# ------------------------------------------------------------------------------------------------
+# transforms (BackdoorBench's, PIL-based) and the fast uint8 tensor path
+
+def get_transform(spec: DatasetSpec, train: bool):
+    import torchvision.transforms as T
+
+    steps: list = [T.Resize((spec.height, spec.width))]
+    if train:
+        steps.append(T.RandomCrop((spec.height, spec.width), padding=4))
+        if spec.hflip:
+            steps.append(T.RandomHorizontalFlip())
+    steps += [T.Lambda(_to_rgb), T.ToTensor(), T.Normalize(spec.mean3, spec.std3)]
+    return T.Compose(steps)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def pil_to_uint8(img: Image.Image, spec: DatasetSpec) -> np.ndarray:
+    """The test transform up to ``ToTensor`` (resize, RGB), as a ``(3, H, W)`` uint8 array."""
+    if img.size != (spec.width, spec.height):
+        import torchvision.transforms.functional as TF
+
+        img = TF.resize(img, [spec.height, spec.width])
+    return np.asarray(_to_rgb(img), dtype=np.uint8).transpose(2, 0, 1)
+
+
+def to_uint8_tensor(raw, spec: DatasetSpec, indices: Sequence[int] | None = None) -> torch.Tensor:
+    """Materialise raw images (all, or ``indices``) as one ``uint8`` tensor ``(N, 3, H, W)``."""
+    idx = range(len(raw)) if indices is None else indices
+    data = getattr(raw, "data", None)
+    if isinstance(data, np.ndarray) and data.shape[1:3] == (spec.height, spec.width):
+        arr = data[np.asarray(list(idx), dtype=np.int64)] if indices is not None else data
+        if arr.ndim == 3:
+            arr = np.repeat(arr[:, None], 3, axis=1)
+        else:
+            arr = arr.transpose(0, 3, 1, 2)
+        return torch.from_numpy(np.ascontiguousarray(arr))
+    out = np.empty((len(idx), 3, spec.height, spec.width), dtype=np.uint8)
+    for j, i in enumerate(idx):
+        out[j] = pil_to_uint8(raw[i][0], spec)
+    return torch.from_numpy(out)

@@ -1,0 +1,456 @@
+"""BackdoorBench attack records (``record/<attack>/attack_result.pt``), read and written in its layout.
+
+``attack_result.pt`` is a dict with exactly eight keys (interface.md 2.1): ``model_name``,
+``num_classes``, ``model`` (state dict), ``data_path`` (e.g. ``./data/cifar10``), ``img_size``
+(``(H, W, C)`` tuple), ``clean_data`` (dataset name), ``bd_train`` and ``bd_test`` (dataset states).
+A dataset state holds ``bd_data_container`` (``{save_folder_path, data_dict, save_file_format}``),
+``getitem_all``, ``getitem_all_switch``, ``original_index_array`` (int64 array of visible original
+indices), ``poison_indicator`` (float array over the *full* split) and ``save_folder_path``.
+``data_dict`` maps an original index (numpy int64) to the poisoned sample: in disk mode
+``{"path": "<save_folder_path>/<orig_label>/<idx>.png", "other_info": [bd_label, orig_label]}``
+with paths relative to the BackdoorBench root, in RAM mode ``(PIL.Image, bd_label, orig_label)``.
+
+The clean data live at ``<R>/data/<dataset>`` where ``<R>`` is the folder that contains ``record/``.
+:func:`load_record` gives one :class:`AttackRecord`; every dataset in it yields BackdoorBench's
+5-tuple ``(img, label, original_index, poison_flag, original_label)``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import (CorruptFileError, DataNotFoundError, RecordNotFoundError, ShapeMismatchError,
+                      UnknownNameError)
+from ..fileio import load_settings_file, save_torch, torch_load
+from . import datasets as D
+
+RECORD_KEYS = ("model_name", "num_classes", "model", "data_path", "img_size", "clean_data", "bd_train", "bd_test")
+STATE_KEYS = ("bd_data_container", "getitem_all", "getitem_all_switch", "original_index_array",
+              "poison_indicator", "save_folder_path")
+CONTAINER_KEYS = ("save_folder_path", "data_dict", "save_file_format")
+
+
+# ------------------------------------------------------------------------------------------------
+# poisoned samples
+
+class PoisonContainer:
+    """The poisoned samples of one split: original index -> (image, bd_label, original_label)."""
+
+    def __init__(self, data_dict: dict, save_folder_path: str | None, resolve=None):
+        self.data_dict = {int(k): v for k, v in data_dict.items()}
+        self.save_folder_path = save_folder_path
+        self._resolve = resolve or (lambda p: Path(p))
+
+    def labels(self, idx: int) -> tuple[int, int]:
+        v = self.data_dict[idx]
+        if isinstance(v, dict):
+            info = v["other_info"]
+            return int(info[0]), int(info[1])
+        return int(v[1]), int(v[2])
+
+    def image(self, idx: int) -> Image.Image:
+        v = self.data_dict[idx]
+        if isinstance(v, dict):
+            path = self._resolve(v["path"])
+            try:
+                with Image.open(path) as im:
+                    im.load()
+                    return im.copy()
+            except FileNotFoundError:
+                raise RecordNotFoundError(f"poisoned image {v['path']} not found (looked at {path}); "
+                                          f"keep bd_train_dataset/ and bd_test_dataset/ beside attack_result.pt") from None
+        img = v[0]
+        return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img).astype(np.uint8))
+
+    def __contains__(self, idx: int) -> bool:
+        return idx in self.data_dict
+
+    def __len__(self) -> int:
+        return len(self.data_dict)
+
+
+class BDDataset(torch.utils.data.Dataset):
+    """BackdoorBench's ``prepro_cls_DatasetBD_v2`` (with its transform wrapper), re-implemented.
+
+    Item ``i`` is ``(img, label, original_index, poison_flag, original_label)`` for original index
+    ``original_index_array[i]``; ``label`` is the training label (the backdoor label if poisoned).
+    With ``getitem_all_switch`` the two labels swap places, as BackdoorBench does to compute RA.
+    """
+
+    def __init__(self, raw, poison_indicator: np.ndarray | None = None, original_index_array=None,
+                 container: PoisonContainer | None = None, transform=None):
+        self.raw = raw
+        n = len(raw)
+        self.poison_indicator = np.zeros(n) if poison_indicator is None else np.asarray(poison_indicator, dtype=float)
+        self.original_index_array = (np.arange(n) if original_index_array is None
+                                     else np.asarray(original_index_array, dtype=np.int64))
+        self.container = container or PoisonContainer({}, None)
+        self.transform = transform
+        self.getitem_all_switch = False
+        if len(self.poison_indicator) != n:
+            raise CorruptFileError(f"poison_indicator has length {len(self.poison_indicator)} but the clean split has "
+                                   f"{n} samples; the record does not belong to this dataset (check --dataset)")
+        if len(self.original_index_array) and (self.original_index_array.min() < 0 or self.original_index_array.max() >= n):
+            raise CorruptFileError("original_index_array points outside the clean split; the record does not belong "
+                                   "to this dataset (check --dataset)")
+        missing = [int(i) for i in np.flatnonzero(self.poison_indicator == 1) if int(i) not in self.container]
+        if missing:
+            raise CorruptFileError(f"{len(missing)} samples are flagged poisoned but absent from the container "
+                                   f"(e.g. index {missing[0]}); the record is incomplete")
+
+    def __len__(self) -> int:
+        return len(self.original_index_array)
+
+    def __getitem__(self, i: int):
+        oi = int(self.original_index_array[i])
+        if self.poison_indicator[oi] == 1:
+            img = self.container.image(oi)
+            label, orig = self.container.labels(oi)
+            flag = 1
+        else:
+            img, orig = self.raw[oi]
+            label, flag = orig, 0
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.getitem_all_switch:
+            return img, orig, oi, flag, label
+        return img, label, oi, flag, orig
+
+    def subset(self, indices) -> "BDDataset":
+        out = BDDataset.__new__(BDDataset)
+        out.__dict__.update(self.__dict__)
+        out.original_index_array = self.original_index_array[np.asarray(indices, dtype=np.int64)]
+        return out
+
+    # -- fast paths -------------------------------------------------------------------------------
+    def label_arrays(self) -> dict[str, np.ndarray]:
+        """Labels and flags of every item without decoding any image."""
+        oi = self.original_index_array
+        targets = np.asarray(_targets(self.raw), dtype=np.int64)
+        orig = targets[oi].copy()
+        label = orig.copy()
+        flag = (self.poison_indicator[oi] == 1)
+        for j in np.flatnonzero(flag):
+            label[j], orig[j] = self.container.labels(int(oi[j]))
+        return {"label": label, "original_index": oi.copy(), "poison": flag, "original_label": orig}
+
+    def to_tensors(self, spec: D.DatasetSpec) -> "SplitTensors":
+        arrays = self.label_arrays()
+        x = D.to_uint8_tensor(self.raw, spec, self.original_index_array)
+        for j in np.flatnonzero(arrays["poison"]):
+            x[j] = torch.from_numpy(D.pil_to_uint8(self.container.image(int(arrays["original_index"][j])), spec))
+        return SplitTensors(x=x, **{k: torch.from_numpy(v) for k, v in arrays.items()})
+
+    def retrieve_state(self, data_dict: dict | None = None) -> dict:
+        """BackdoorBench's state dict of this dataset (``data_dict`` as given or as loaded)."""
+        return {
+            "bd_data_container": {"save_folder_path": self.container.save_folder_path,
+                                  "data_dict": data_dict if data_dict is not None else self.container.data_dict,
+                                  "save_file_format": ".png"},
+            "getitem_all": True,
+            "getitem_all_switch": False,
+            "original_index_array": np.asarray(self.original_index_array, dtype=np.int64),
+            "poison_indicator": np.asarray(self.poison_indicator, dtype=np.float64),
+            "save_folder_path": self.container.save_folder_path,
+        }
+
+
+def _targets(raw) -> list:
+    for attr in ("targets", "labels"):
+        t = getattr(raw, attr, None)
+        if t is not None:
+            return list(np.asarray(t))
+    return [raw[i][1] for i in range(len(raw))]
+
+
+@dataclass
+class SplitTensors:
+    """A split materialised: uint8 images ``(N, 3, H, W)`` and per-sample labels/flags (CPU tensors)."""
+
+    x: torch.Tensor
+    label: torch.Tensor
+    original_index: torch.Tensor
+    poison: torch.Tensor
+    original_label: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+# ------------------------------------------------------------------------------------------------
+# the record
+
+@dataclass
+class AttackRecord:
+    """One attack record, with everything the rest of the plugin needs."""
+
+    folder: Path
+    model_name: str
+    num_classes: int
+    img_size: tuple
+    state_dict: dict
+    dataset: str
+    data_path: str
+    data_root: Path | None
+    spec: D.DatasetSpec
+    clean_train: BDDataset
+    clean_test: BDDataset
+    bd_train: BDDataset | None
+    bd_test: BDDataset
+    settings: dict = field(default_factory=dict)
+    baseline: dict | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def build_model(self, model_name: str | None = None) -> torch.nn.Module:
+        from .models import build_model, load_weights
+
+        name = model_name or self.model_name
+        return load_weights(build_model(name, self.num_classes), self.state_dict, model_name=name,
+                            source=f"record {self.folder}")
+
+    def tensors(self, split: str) -> SplitTensors:
+        """``clean_train``, ``clean_test``, ``bd_train`` or ``bd_test`` as tensors (cached)."""
+        if split not in self._cache:
+            ds = getattr(self, split)
+            if ds is None:
+                raise CorruptFileError(f"record {self.folder} has no {split} (bd_train is None); "
+                                       f"BURN needs the poisoned training set")
+            self._cache[split] = ds.to_tensors(self.spec)
+        return self._cache[split]
+
+    def attack_target(self) -> int | None:
+        t = self.settings.get("attack_target")
+        return int(t) if isinstance(t, (int, np.integer)) else None
+
+
+def find_record_file(attack_folder: str | os.PathLike) -> Path:
+    folder = Path(attack_folder)
+    if folder.is_file() and folder.name.endswith(".pt"):
+        return folder
+    if not folder.exists():
+        raise RecordNotFoundError(f"attack folder not found: {folder} (give the folder that holds attack_result.pt)")
+    if not folder.is_dir():
+        raise RecordNotFoundError(f"{folder} is not a folder (give the folder that holds attack_result.pt)")
+    f = folder / "attack_result.pt"
+    if not f.is_file():
+        raise RecordNotFoundError(f"no attack_result.pt in {folder}; is this an attack record folder?")
+    return f
+
+
+def bb_root_of(record_folder: Path) -> Path:
+    """The folder that contains ``record/`` (``<R>`` in ``<R>/record/<attack>``)."""
+    return record_folder.resolve().parent.parent
+
+
+def resolve_data_root(record_folder: Path, data_path: str, dataset: str,
+                      dataset_path: str | os.PathLike | None = None) -> Path:
+    """``<R>/data/<dataset>`` by BackdoorBench's rule, or ``<dataset_path>/<dataset>`` if given.
+
+    BackdoorBench rewrites the stored ``data_path`` to start at its first ``data`` component, under the
+    folder that contains ``record/``. Path components are compared whole, so ``/home/recorder`` or
+    ``/mydata`` do not confuse it as they confuse BackdoorBench's string search.
+    """
+    if dataset_path is not None:
+        return Path(dataset_path) / dataset
+    parts = Path(str(data_path)).parts
+    rel = Path(*parts[parts.index("data"):]) if "data" in parts else Path("data") / dataset
+    return bb_root_of(record_folder) / rel
+
+
+def _check_state(state: Any, name: str, path: Path) -> dict:
+    if not isinstance(state, dict):
+        raise CorruptFileError(f"{path}: {name} is a {type(state).__name__}, expected a dataset state dict")
+    missing = [k for k in ("bd_data_container", "original_index_array", "poison_indicator") if k not in state]
+    if missing:
+        raise CorruptFileError(f"{path}: {name} state lacks {', '.join(missing)}; not a BackdoorBench record")
+    cont = state["bd_data_container"]
+    if not isinstance(cont, dict) or not isinstance(cont.get("data_dict"), dict):
+        raise CorruptFileError(f"{path}: {name}.bd_data_container has no data_dict; not a BackdoorBench record")
+    return state
+
+
+def load_record(attack_folder: str | os.PathLike, *, trusted: bool = False, dataset: str | None = None,
+                dataset_path: str | os.PathLike | None = None) -> AttackRecord:
+    """Load an attack record folder (or an ``attack_result.pt`` path) into an :class:`AttackRecord`.
+
+    ``dataset`` is checked against the record's own ``clean_data`` (a disagreement is an error, not an
+    override); ``dataset_path`` overrides where the clean data are looked for. No pickle code runs
+    unless ``trusted``.
+    """
+    path = find_record_file(attack_folder)
+    folder = path.parent
+    obj = torch_load(path, trusted=trusted, what="attack record")
+    if not isinstance(obj, dict):
+        raise CorruptFileError(f"{path} holds a {type(obj).__name__}, not an attack record dict")
+    missing = [k for k in RECORD_KEYS if k not in obj]
+    if missing:
+        raise CorruptFileError(f"{path} lacks key(s) {', '.join(missing)}; not a BackdoorBench attack_result.pt")
+    name = obj["clean_data"]
+    if not isinstance(name, str):
+        raise CorruptFileError(f"{path}: clean_data is {name!r}, expected a dataset name")
+    spec = D.get_spec(name) if name in D.list_datasets() else None
+    if spec is None:
+        raise UnknownNameError(f"record {folder} is on dataset {name!r}, which the plugin does not know; "
+                               f"known: {', '.join(D.list_datasets())}")
+    if dataset is not None and dataset != name:
+        raise ShapeMismatchError(f"--dataset {dataset} disagrees with the record, which was made on {name}; "
+                                 f"drop the flag or pass --dataset {name}")
+    num_classes, img_size = obj["num_classes"], obj["img_size"]
+    if not isinstance(num_classes, (int, np.integer)) or int(num_classes) != spec.num_classes:
+        raise ShapeMismatchError(f"record says {num_classes!r} classes but {name} has {spec.num_classes}; "
+                                 f"the record is inconsistent")
+    try:
+        size_ok = tuple(int(v) for v in img_size)[:2] == spec.img_size[:2]
+    except (TypeError, ValueError):
+        size_ok = False
+    if not size_ok:
+        raise ShapeMismatchError(f"record img_size {img_size!r} differs from {name}'s {spec.img_size}; "
+                                 f"the record is inconsistent")
+    if not isinstance(obj["model"], dict):
+        raise CorruptFileError(f"{path}: model is a {type(obj['model']).__name__}, expected a state dict")
+    if not isinstance(obj["model_name"], str):
+        raise CorruptFileError(f"{path}: model_name is {obj['model_name']!r}, expected a string")
+    data_root = resolve_data_root(folder, str(obj["data_path"]), name, dataset_path)
+    root_arg = data_root if (data_root.exists() or name != "fashionmnist") else None
+    raw_train = D.load_raw(name, root_arg, train=True)
+    raw_test = D.load_raw(name, root_arg, train=False)
+
+    resolver = _png_resolver(folder)
+    train_tf, test_tf = D.get_transform(spec, True), D.get_transform(spec, False)
+
+    def build(state, raw, tf, label):
+        state = _check_state(state, label, path)
+        cont = state["bd_data_container"]
+        container = PoisonContainer(cont["data_dict"], cont.get("save_folder_path"), resolver)
+        try:
+            return BDDataset(raw, state["poison_indicator"], state["original_index_array"], container, tf)
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            raise CorruptFileError(f"{path}: {label} state is malformed ({exc})") from exc
+
+    bd_train = build(obj["bd_train"], raw_train, train_tf, "bd_train") if obj["bd_train"] is not None else None
+    bd_test = build(obj["bd_test"], raw_test, test_tf, "bd_test")
+    settings = _read_settings(folder, trusted)
+    return AttackRecord(
+        folder=folder, model_name=obj["model_name"], num_classes=int(num_classes), img_size=tuple(img_size),
+        state_dict=obj["model"], dataset=name, data_path=str(obj["data_path"]), data_root=root_arg, spec=spec,
+        clean_train=BDDataset(raw_train, transform=train_tf), clean_test=BDDataset(raw_test, transform=test_tf),
+        bd_train=bd_train, bd_test=bd_test, settings=settings, baseline=read_summary(folder / "attack_df_summary.csv"))
+
+
+def _png_resolver(folder: Path):
+    """Stored PNG paths are relative to the BackdoorBench root; fall back to the record folder itself."""
+    root = bb_root_of(folder)
+
+    def resolve(p: str) -> Path:
+        cand = Path(p)
+        if cand.is_absolute() and cand.exists():
+            return cand
+        if (root / cand).exists():
+            return root / cand
+        parts = cand.parts
+        for marker in ("bd_train_dataset", "bd_test_dataset"):
+            if marker in parts:
+                return folder.joinpath(*parts[len(parts) - 1 - parts[::-1].index(marker):])
+        return root / cand
+    return resolve
+
+
+def _read_settings(folder: Path, trusted: bool) -> dict:
+    f = folder / "info.pickle"
+    if not f.is_file():
+        return {}
+    try:
+        return load_settings_file(f, trusted=trusted)
+    except CorruptFileError:
+        return {}
+
+
+def read_summary(path: Path, row: str = "last") -> dict | None:
+    """One row of a BackdoorBench ``*_df_summary.csv`` as ``{column: float}`` (None if absent)."""
+    import pandas as pd
+
+    if not Path(path).is_file():
+        return None
+    try:
+        df = pd.read_csv(path, index_col=0)
+    except Exception:  # noqa: BLE001 - a broken CSV is treated as absent
+        return None
+    if row in df.index:
+        r = df.loc[row]
+    elif len(df):
+        r = df.iloc[0]
+    else:
+        return None
+    out = {}
+    for k, v in r.items():
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# writing
+
+def write_poisoned_split(folder: Path, split_dir: str, images: dict[int, np.ndarray], bd_labels: dict[int, int],
+                         orig_labels: dict[int, int], *, ram: bool = False) -> dict:
+    """Write poisoned samples the way BackdoorBench does; returns the ``data_dict``.
+
+    Disk mode: ``<folder>/<split_dir>/<orig_label>/<idx>.png``, stored path relative to the
+    BackdoorBench root (``./record/<folder name>/<split_dir>/...``). RAM mode keeps PIL images.
+    """
+    data_dict: dict = {}
+    rel_base = f"./record/{folder.name}/{split_dir}"
+    for idx, img in images.items():
+        key = np.int64(idx)
+        pil = Image.fromarray(np.asarray(img, dtype=np.uint8))
+        if ram:
+            data_dict[key] = (pil, int(bd_labels[idx]), int(orig_labels[idx]))
+            continue
+        out = folder / split_dir / str(int(orig_labels[idx])) / f"{int(idx)}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pil.save(out)
+        data_dict[key] = {"path": f"{rel_base}/{int(orig_labels[idx])}/{int(idx)}.png",
+                          "other_info": [int(bd_labels[idx]), int(orig_labels[idx])]}
+    return data_dict
+
+
+def make_state(data_dict: dict, poison_indicator: np.ndarray, original_index_array: np.ndarray,
+               save_folder_path: str | None) -> dict:
+    """A dataset state exactly as BackdoorBench's ``retrieve_state`` returns it."""
+    return {
+        "bd_data_container": {"save_folder_path": save_folder_path, "data_dict": data_dict, "save_file_format": ".png"},
+        "getitem_all": True,
+        "getitem_all_switch": False,
+        "original_index_array": np.asarray(original_index_array, dtype=np.int64),
+        "poison_indicator": np.asarray(poison_indicator, dtype=np.float64),
+        "save_folder_path": save_folder_path,
+    }
+
+
+def save_record(folder: Path, *, model_name: str, num_classes: int, state_dict: dict, dataset: str,
+                bd_train: dict | None, bd_test: dict) -> Path:
+    """Write ``attack_result.pt`` with BackdoorBench's eight keys, in its order, atomically."""
+    spec = D.get_spec(dataset)
+    obj = {
+        "model_name": model_name,
+        "num_classes": int(num_classes),
+        "model": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "data_path": f"./data/{dataset}",
+        "img_size": spec.img_size,
+        "clean_data": dataset,
+        "bd_train": bd_train,
+        "bd_test": bd_test,
+    }
+    return save_torch(obj, Path(folder) / "attack_result.pt")

@@ -1,0 +1,307 @@
+"""The ``burn`` command.
+
+Subcommands: ``attack`` (make a backdoored record), ``info`` (describe a record), ``defend`` (run BURN
+or a baseline on a record), ``register``/``doctor`` (install into / check a BackdoorBench checkout),
+``compare`` (side-by-side table), ``demo`` (everything on the embedded Fashion-MNIST data).
+
+Every deliberate error is one line ``error: ...`` naming the problem and the fix; exit code 2 for
+bad input, 1 for runtime failures; ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import BadInputError, BurnError
+
+SUBCOMMANDS: dict[str, "tuple"] = {}
+
+
+def subcommand(name: str, help: str):
+    """Register ``fn(args)`` as ``burn <name>``; ``fn.configure(parser)`` adds its arguments."""
+    def deco(fn):
+        SUBCOMMANDS[name] = (help, fn)
+        return fn
+    return deco
+
+
+def flag(parser, name: str, **kwargs):
+    """Add ``--name`` with a hyphenated alias (``--k_p0`` and ``--k-p0``); dest is the underscored name."""
+    names = [f"--{name}"]
+    if "_" in name:
+        names.append(f"--{name.replace('_', '-')}")
+    return parser.add_argument(*names, dest=name, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+@subcommand("attack", "train a backdoored model and write a BackdoorBench record folder")
+def cmd_attack(args) -> int:
+    from .bench.attacks import AttackSettings, run_attack
+
+    settings = AttackSettings(attack=args.attack, dataset=args.dataset, model=args.model, pratio=args.pratio,
+                              attack_target=args.target, attack_label_trans=args.attack_label_trans,
+                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                              random_seed=args.random_seed, device=args.device, blend_alpha=args.blend_alpha,
+                              trigger_image=args.trigger_image, dataset_path=args.dataset_path,
+                              ram_mode=args.ram_mode)
+    out = Path(args.out) if args.out else Path("record") / f"{args.attack}_{args.dataset}_{args.model}"
+    final = run_attack(settings, out, overwrite=args.overwrite, clean_reference=args.clean_reference,
+                       progress=not args.quiet)
+    print(f"record: {out}")
+    print(f"ACC {final['test_acc']:.4f}  ASR {final['test_asr']:.4f}  RA {final['test_ra']:.4f}  "
+          f"(training {final['train_seconds']:.0f}s)")
+    if "clean_reference_test_acc" in final:
+        print(f"clean-trained reference: ACC {final['clean_reference_test_acc']:.4f}  "
+              f"(difference {100 * (final['clean_reference_test_acc'] - final['test_acc']):+.2f} points)")
+    return 0
+
+
+def _configure_attack(p):
+    from .bench.attacks import list_attacks
+    from .bench.datasets import list_datasets
+
+    p.add_argument("--attack", default="badnet", help=f"attack: {', '.join(list_attacks())} (default badnet)")
+    p.add_argument("--dataset", default="fashionmnist", help=f"{', '.join(list_datasets())} (default fashionmnist)")
+    p.add_argument("--model", default="smallresnet", help="model name from the zoo (default smallresnet; "
+                   "`burn info --models` lists them)")
+    p.add_argument("--pratio", type=float, default=0.1, help="share of training samples poisoned (default 0.1)")
+    p.add_argument("--target", "--attack_target", dest="target", type=int, default=0,
+                   help="target class for all2one (default 0)")
+    flag(p, "attack_label_trans", default="all2one", choices=["all2one", "all2all"],
+         help="all2one: every poisoned sample -> target; all2all: y -> (y+1) mod K")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs (default: 5 for fashionmnist/mnist, else BackdoorBench's prototype value)")
+    flag(p, "batch_size", type=int, default=128, help="training batch size (default 128, BackdoorBench's)")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate, cosine schedule (default 0.01)")
+    flag(p, "random_seed", type=int, default=0, help="seed for poison indices and training (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ... (default cpu)")
+    flag(p, "blend_alpha", type=float, default=0.2, help="Blended: blend ratio (default 0.2)")
+    flag(p, "trigger_image", default=None, help="image file for the trigger (Blended pattern or BadNets patch "
+         "mask); default: Blended uses seeded noise, BadNets a 3x3 white corner square")
+    flag(p, "dataset_path", default=None, help="folder holding <dataset>/ (BackdoorBench's ./data); "
+         "fashionmnist is also found in /usr/share/datasets/fashion-mnist")
+    flag(p, "ram_mode", action="store_true", help="keep poisoned images inside attack_result.pt (BackdoorBench's "
+         "RAM mode; such records need --trust-record to load) instead of PNG files")
+    p.add_argument("--out", default=None, help="record folder to write (default record/<attack>_<dataset>_<model>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing record in --out")
+    flag(p, "clean_reference", action="store_true",
+         help="also train the same model on clean data and print its accuracy for comparison")
+
+
+cmd_attack.configure = _configure_attack
+
+
+# ------------------------------------------------------------------------------------------------
+@subcommand("info", "describe an attack record (or list models/datasets)")
+def cmd_info(args) -> int:
+    if args.models or args.datasets or not args.record:
+        from .bench.datasets import get_spec, list_datasets
+        from .bench.models import list_models
+
+        if args.models or not args.record:
+            print("models:", ", ".join(list_models()))
+        if args.datasets or not args.record:
+            for n in list_datasets():
+                s = get_spec(n)
+                print(f"dataset {n}: {s.num_classes} classes, {s.img_size}, layout {s.layout}")
+        return 0
+    from .bench.records import load_record
+
+    rec = load_record(args.record, trusted=args.trust_record, dataset_path=args.dataset_path)
+    tr = rec.bd_train.label_arrays() if rec.bd_train is not None else None
+    te = rec.bd_test.label_arrays()
+    print(f"record:       {rec.folder}")
+    print(f"model:        {rec.model_name} ({rec.num_classes} classes, {len(rec.state_dict)} tensors)")
+    print(f"dataset:      {rec.dataset} {rec.img_size}, data at {rec.data_root or 'default location'}")
+    if tr is not None:
+        flipped = int((tr["poison"] & (tr["label"] != tr["original_label"])).sum())
+        print(f"bd_train:     {len(tr['label'])} samples, {int(tr['poison'].sum())} poisoned "
+              f"({flipped} with a flipped label)")
+    print(f"bd_test:      {len(te['label'])} samples, {int(te['poison'].sum())} poisoned")
+    for k in ("attack", "attack_label_trans", "attack_target", "pratio"):
+        if k in rec.settings:
+            print(f"{k + ':':13} {rec.settings[k]}")
+    if rec.baseline:
+        b = rec.baseline
+        print(f"no defense:   ACC {b.get('test_acc', float('nan')):.4f}  ASR {b.get('test_asr', float('nan')):.4f}  "
+              f"RA {b.get('test_ra', float('nan')):.4f}  (attack_df_summary.csv, row last)")
+    return 0
+
+
+def _configure_info(p):
+    p.add_argument("record", nargs="?", help="attack folder (holding attack_result.pt)")
+    flag(p, "trust_record", action="store_true", help="allow the full unpickler (only for files you trust)")
+    flag(p, "dataset_path", default=None, help="folder holding <dataset>/ if not <R>/data")
+    p.add_argument("--models", action="store_true", help="list model names")
+    p.add_argument("--datasets", action="store_true", help="list datasets")
+
+
+cmd_info.configure = _configure_info
+
+
+# ------------------------------------------------------------------------------------------------
+@subcommand("defend", "run BURN (or another method) on an attack record and write results beside it")
+def cmd_defend(args) -> int:
+    from .defend import defend
+    from .settings import RUN_KEYS, default_yaml, given_flags, load_yaml, split_settings
+
+    method = args.method
+    config_cls = _config_class(method)
+    folder = args.attack_folder or args.result_file
+    if not folder:
+        raise BadInputError("no record given; pass --attack_folder PATH (the folder holding attack_result.pt)")
+    folder = _resolve_attack_folder(folder)
+    yaml_path = args.yaml_path or default_yaml(method, getattr(args, "dataset", None) or _record_dataset(folder))
+    merged = load_yaml(yaml_path) if yaml_path else {}
+    given = given_flags(args, list(config_cls.keys()) + list(RUN_KEYS))
+    merged.update(given)
+    source = f"{yaml_path} + command line" if yaml_path else "command line"
+    cfg, run, ignored = split_settings(merged, source=source, config_cls=config_cls)
+    # the YAML's dataset is a default, not a claim about the record; only a --dataset flag is checked
+    summary = defend(folder, method=method, config=cfg, device=run.get("device") or "cpu",
+                     dataset=given.get("dataset"), model_name=run.get("model"), dataset_path=run.get("dataset_path"),
+                     trusted=args.trust_record, output_dir=args.output_dir, overwrite=args.overwrite,
+                     resume=args.resume, progress=not args.quiet,
+                     run_info={"yaml_path": str(yaml_path) if yaml_path else None, "ignored_keys": ignored})
+    print_summary(summary)
+    return 0
+
+
+def _config_class(method: str):
+    from .core.config import BurnConfig
+
+    return BurnConfig
+
+
+def _record_dataset(folder) -> str | None:
+    """The record's dataset (to pick the bundled YAML): from info.pickle, else attack_result.pt."""
+    from .fileio import load_settings_file, torch_load
+
+    info = Path(folder) / "info.pickle"
+    try:
+        if info.is_file():
+            ds = load_settings_file(info).get("dataset")
+            if isinstance(ds, str):
+                return ds
+        f = Path(folder) / "attack_result.pt"
+        if f.is_file():
+            obj = torch_load(f, what="attack record")
+            return obj.get("clean_data") if isinstance(obj, dict) else None
+    except BurnError:
+        return None  # the record loader reports the real problem with the right message
+    return None
+
+
+def _resolve_attack_folder(folder: str) -> str:
+    """A folder name under ./record/ (BackdoorBench style) or a path."""
+    p = Path(folder)
+    if not p.exists() and (Path("record") / folder).exists():
+        return str(Path("record") / folder)
+    return folder
+
+
+def print_summary(summary: dict) -> None:
+    b, a = summary["before"], summary["after"]
+
+    def fmt(m):
+        return "  ".join(f"{k[5:].upper()} {m[k]:.4f}" for k in ("test_acc", "test_asr", "test_ra") if m.get(k) is not None)
+    print(f"{summary['method']} on {summary['record']}")
+    print(f"  before: {fmt(b)}")
+    print(f"  after:  {fmt(a)}")
+    det = summary.get("detection")
+    if det:
+        def f(v):
+            return "n/a" if v is None else f"{v:.4f}"
+        print(f"  detection: AUROC l(x) {f(det['auroc_distance_poison'])} (label-flipped {f(det['auroc_distance_flipped'])}), "
+              f"AUROC S {f(det['auroc_score_poison'])}")
+        last = det["rounds"][-1] if det["rounds"] else None
+        if last:
+            ps = last["poison_set"]
+            print(f"  final poison set: precision {f(ps['precision'])} recall {f(ps['recall'])}, restored-label "
+                  f"accuracy {f(last['restored_label_accuracy'])}; clean set purity {f(last['clean_set_purity'])}")
+        print(f"  observations: mean l clean {f(det['mean_distance_clean'])} vs poison {f(det['mean_distance_poison'])}; "
+              f"adv label = true label for {f(det['poison_adv_label_is_true_label'])} of flipped poison; "
+              f"clean adv-label entropy {f(det.get('clean_adv_label_entropy_ratio'))} of max")
+    t = summary.get("timings", {})
+    if t:
+        print("  time: " + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in t.items()) + f", total {summary['wall_seconds']:.0f}s")
+    print(f"  results: {Path(summary['log']).parent.parent}")
+
+
+def _configure_defend(p):
+    from .settings import RUN_KEYS, add_algorithm_flags
+
+    flag(p, "attack_folder", default=None, help="attack record folder (holding attack_result.pt), or a folder "
+         "name under ./record/ as in BackdoorBench")
+    flag(p, "result_file", default=None, help="alias of --attack_folder (BackdoorBench's name)")
+    p.add_argument("--method", default="burn", help="defense to run (default burn)")
+    flag(p, "yaml_path", default=None, help="YAML settings (default: the bundled bb_configs/<method>/<dataset>.yaml); "
+         "flags given on the command line override it")
+    for k, (typ, _default, hlp) in RUN_KEYS.items():
+        flag(p, k, type=typ, default=argparse.SUPPRESS, help=hlp)
+    flag(p, "trust_record", action="store_true", help="allow the full unpickler for this record (runs code in "
+         "the file; only for records you made or trust)")
+    flag(p, "output_dir", default=None, help="where to write (default <attack_folder>/defense/<method>/)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing result in the output folder "
+                   "(without it an existing result is never touched)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last round checkpoint")
+    add_algorithm_flags(p)
+
+
+cmd_defend.configure = _configure_defend
+
+
+# ------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="burn", description="BURN backdoor defense: BackdoorBench-compatible records, attacks, defense, "
+        "comparison tables.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, fn) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        fn.configure(p)
+        p.set_defaults(_fn=fn)
+    return parser
+
+
+def _load_plugins() -> None:
+    """Import modules that register further subcommands (kept out of the import path of `burn --help`)."""
+    import importlib
+
+    for mod in ("burn_plugin.commands",):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+
+
+def main(argv=None) -> int:
+    _load_plugins()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_fn", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        return int(args._fn(args) or 0)
+    except BurnError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; files already written are complete (results are written atomically)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""``BurnConfig``: every BURN setting with the paper's defaults, validated up front.
+
+The paper (section 5.2, Algorithm 1) fixes: T = 20 rounds; k_p 0.5% -> 1%; k_c 2.5% -> 5%;
+w 0.3 -> 0.6; 5 fine-tuning epochs per round with Adam (0.9, 0.999) at a fixed lr of 5e-5. It leaves
+the rest open; each open choice is a key here, with the default and its reason:
+
+- ``pd_output = "softmax"``: f in PD is the softmax output. Probabilities are non-negative, so
+  1 - cos lies in [0, 1], the same range as BD, which is what a convex mix (1-w)BD + wPD assumes;
+  logits (``"logits"``) can be negative and put PD on [0, 2].
+- ``distance_model = "frozen"``: l(x) is computed once, on the frozen infected model (Algorithm 1 computes
+  l in phase 1 and reuses it; section 5 says boundary analysis is applied "to the frozen infected
+  model"). ``"current"`` recomputes it each round on the model being purified (20x the cost).
+- ``candidates = 10``, ``overshoot = 0.02``, ``max_iter = 50``: DeepFool's own defaults (LTS4), also
+  Foolbox's; 10 candidates cover every class of 10-class datasets.
+- ``distance_space = "pixel"``: distances in [0, 1] pixel space with clipping to [0, 1], the space the
+  paper's Table 1 magnitudes and every attack library use; ``"input"`` measures in the normalised
+  model-input space instead (no clipping).
+- ``batch_size = 128``: fine-tuning batch (BackdoorBench's attack batch); ``boundary_batch_size = 256``.
+- ``augment = True``: fine-tuning uses the dataset's train augmentation (the issue's and
+  BackdoorBench's training convention); scoring always uses the test transform.
+- ``reset_optimizer = True``: each round's Fine-tune(theta_t, D_t) starts a fresh Adam, reading
+  Algorithm 1's Fine-tune as a self-contained procedure.
+- ``random_seed = 0``: BackdoorBench's default seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..errors import ConfigError
+
+
+@dataclass
+class BurnConfig:
+    # schedule (paper)
+    rounds: int = 20
+    k_p0: float = 0.5
+    k_pT: float = 1.0
+    k_c0: float = 2.5
+    k_cT: float = 5.0
+    w0: float = 0.3
+    wT: float = 0.6
+    # fine-tuning (paper)
+    epochs: int = 5
+    lr: float = 5e-5
+    adam_betas: tuple = (0.9, 0.999)
+    wd: float = 0.0
+    batch_size: int = 128
+    augment: bool = True
+    reset_optimizer: bool = True
+    # boundary analysis (open in the paper; see module docstring)
+    candidates: int = 10
+    overshoot: float = 0.02
+    max_iter: int = 50
+    boundary_batch_size: int = 256
+    distance_space: str = "pixel"
+    distance_model: str = "frozen"
+    grad_mode: str = "loop"
+    # scores
+    pd_output: str = "softmax"
+    # run
+    random_seed: int = 0
+    eval_every_round: bool = True
+
+    _CHOICES = {"distance_space": ("pixel", "input"), "distance_model": ("frozen", "current"),
+                "grad_mode": ("loop", "batched"), "pd_output": ("softmax", "logits")}
+
+    def __post_init__(self):
+        self.validate()
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], *, source: str = "config") -> "BurnConfig":
+        """Build from a dict, rejecting unknown keys and converting types with one clear error."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source} must be a mapping of BURN settings, got {type(values).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            raise ConfigError(f"unknown BURN setting(s) {', '.join(map(repr, unknown))} in {source}; "
+                              f"known: {', '.join(known)}")
+        kwargs = {k: _coerce(k, v, known[k], source) for k, v in values.items()}
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["adam_betas"] = list(d["adam_betas"])
+        return d
+
+    def validate(self) -> None:
+        def need(cond, msg):
+            if not cond:
+                raise ConfigError(msg)
+        need(isinstance(self.rounds, int) and self.rounds >= 0, f"rounds must be an integer >= 0, got {self.rounds!r}")
+        for k in ("k_p0", "k_pT", "k_c0", "k_cT"):
+            v = getattr(self, k)
+            need(_num(v) and 0 <= v <= 100, f"{k} is a percentage in [0, 100], got {v!r}")
+        for k in ("w0", "wT"):
+            v = getattr(self, k)
+            need(_num(v) and 0 <= v <= 1, f"{k} must lie in [0, 1], got {v!r}")
+        need(isinstance(self.epochs, int) and self.epochs >= 0, f"epochs must be an integer >= 0, got {self.epochs!r}")
+        need(_num(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+        need(isinstance(self.adam_betas, (tuple, list)) and len(self.adam_betas) == 2
+             and all(_num(b) and 0 <= b < 1 for b in self.adam_betas),
+             f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
+        self.adam_betas = tuple(float(b) for b in self.adam_betas)
+        need(_num(self.wd) and self.wd >= 0, f"wd must be >= 0, got {self.wd!r}")
+        for k in ("batch_size", "boundary_batch_size", "candidates", "max_iter"):
+            v = getattr(self, k)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k} must be an integer >= 1, got {v!r}")
+        need(self.candidates >= 2, f"candidates must be >= 2 (the predicted class and one other), got {self.candidates}")
+        need(_num(self.overshoot) and self.overshoot >= 0, f"overshoot must be >= 0, got {self.overshoot!r}")
+        for k, choices in self._CHOICES.items():
+            v = getattr(self, k)
+            need(v in choices, f"{k} must be one of {', '.join(choices)}, got {v!r}")
+        need(isinstance(self.random_seed, int), f"random_seed must be an integer, got {self.random_seed!r}")
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
+    default = f.default if f.default is not dataclasses.MISSING else None
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if isinstance(default, int):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                value = [v for v in value.replace("[", "").replace("]", "").replace("(", "").replace(")", "").split(",")]
+            return tuple(float(v) for v in value)
+        if isinstance(default, str):
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} in {source} must be a {type(default).__name__}, got {value!r}") from None
+    return value

@@ -1,0 +1,200 @@
+"""Run a defense on an attack record and write BackdoorBench-style results.
+
+``defend(attack_folder, ...)`` loads the record with the plugin's own loader, runs BURN (or another
+registered method), evaluates ACC/ASR/RA before and after exactly as BackdoorBench does, and writes
+into ``<attack_folder>/defense/<method>/``:
+
+- ``defense_result.pt``: exactly ``{model_name, num_classes, model}`` (BackdoorBench's keys);
+- ``<method>_df.csv``: one row per round (``epoch`` = round) with BackdoorBench's metric columns;
+- ``<method>_df_summary.csv``: rows ``last``, ``valid_max``, ``exist_nan_value``;
+- ``detection_info.csv``: BackdoorBench's detection format (all poison / label-flipped poison);
+- ``scores.npz``: l(x), adversarial labels, BD, PD, S and the selections, for plots;
+- ``run.json``: config, versions, device, seed, timings, metrics, detection report;
+- ``log/<timestamp>.log``.
+
+Every file is written atomically. An existing result is never replaced unless ``overwrite``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .bench.metrics import METRIC_COLUMNS, as_metric_row, evaluate, summarize
+from .bench.records import AttackRecord, load_record
+from .core.tensors import PixelSpaceModel
+from .errors import ConfigError, OutputExistsError
+from .fileio import save_csv, save_json, save_npz, save_torch
+
+log = logging.getLogger("burn")
+
+DEFENSES: dict[str, Callable] = {}
+
+
+def register_defense(name: str):
+    """Register ``fn(record, model, run) -> DefenseOutcome`` as a method of ``burn defend``."""
+    def deco(fn):
+        DEFENSES[name] = fn
+        return fn
+    return deco
+
+
+def resolve_device(device: str | None) -> str:
+    device = device or "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for but CUDA is not available here; pass --device cpu")
+    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    return device
+
+
+def setup_logger(out: Path) -> tuple[logging.Handler, Path]:
+    (out / "log").mkdir(parents=True, exist_ok=True)
+    path = out / "log" / f"{datetime.now().strftime('%Y_%m_%d_%H_%M_%S')}.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
+    root = logging.getLogger("burn")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False  # INFO goes to the log file; the console gets warnings (below) and the summary
+    if not any(getattr(h, "_burn_console", False) for h in root.handlers):
+        console = logging.StreamHandler()
+        console.setLevel(logging.WARNING)
+        console.setFormatter(logging.Formatter("warning: %(message)s"))
+        console._burn_console = True
+        root.addHandler(console)
+    return handler, path
+
+
+def versions() -> dict:
+    import torchvision
+
+    from . import __version__
+
+    return {"burn_plugin": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": np.__version__, "platform": platform.platform()}
+
+
+def prepare_output(record: AttackRecord, method: str, output_dir, overwrite: bool, resume: bool) -> Path:
+    out = Path(output_dir) if output_dir else record.folder / "defense" / method
+    if (out / "defense_result.pt").exists() and not (overwrite or resume):
+        raise OutputExistsError(f"{out} already holds a {method} result; pass --overwrite to replace it, "
+                                f"--resume to continue an unfinished run, or --output_dir for a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def defend(attack_folder, *, method: str = "burn", config=None, device: str = "cpu", dataset: str | None = None,
+           model_name: str | None = None, dataset_path: str | None = None, trusted: bool = False, output_dir=None,
+           overwrite: bool = False, resume: bool = False, progress: bool = True, run_info: dict | None = None,
+           extra: dict | None = None) -> dict:
+    """Defend one record; returns the summary also written to ``run.json``."""
+    if method not in DEFENSES:
+        raise ConfigError(f"unknown defense method {method!r}; choose one of: {', '.join(sorted(DEFENSES))}")
+    device = resolve_device(device)
+    record = load_record(attack_folder, trusted=trusted, dataset=dataset, dataset_path=dataset_path)
+    model = record.build_model(model_name)
+    out = prepare_output(record, method, output_dir, overwrite, resume)
+    handler, log_path = setup_logger(out)
+    started = time.time()
+    try:
+        log.info("defense %s on %s (model %s, dataset %s, device %s)", method, record.folder, record.model_name,
+                 record.dataset, device)
+        clean_test, bd_test = record.tensors("clean_test"), record.tensors("bd_test")
+
+        def evaluator(pixel_model):
+            return evaluate(pixel_model, clean_test, bd_test, batch_size=256, device=device)
+
+        spec = record.spec
+        before = evaluator(PixelSpaceModel(model, spec.mean3, spec.std3).to(device))
+        log.info("before: %s", json.dumps(before))
+        outcome = DEFENSES[method](record=record, model=model, config=config, device=device, evaluator=evaluator,
+                                   out=out, resume=resume, progress=progress, extra=extra or {})
+        final_model = outcome["model"].cpu()
+        after = outcome.get("after") or evaluator(PixelSpaceModel(final_model, spec.mean3, spec.std3).to(device))
+        save_torch({"model_name": model_name or record.model_name, "num_classes": record.num_classes,
+                    "model": final_model.state_dict()}, out / "defense_result.pt")
+        rows = [as_metric_row(r) for r in outcome["history"]]
+        import pandas as pd
+
+        df = pd.DataFrame(rows)
+        if "epoch" not in df.columns and "round" in df.columns:
+            df.insert(0, "epoch", df["round"])
+        save_csv(df, out / f"{method}_df.csv")
+        cols = [c for c in METRIC_COLUMNS if c in df.columns]
+        save_csv(summarize(df[cols]) if cols else pd.DataFrame(), out / f"{method}_df_summary.csv")
+        for name, writer in outcome.get("files", {}).items():
+            writer(out / name)
+        summary = {
+            "method": method, "record": str(record.folder), "attack": record.settings.get("attack"),
+            "dataset": record.dataset, "model": model_name or record.model_name, "device": device,
+            "config": config.to_dict() if hasattr(config, "to_dict") else config,
+            "before": before, "after": after, "wall_seconds": time.time() - started,
+            "timings": outcome.get("timings", {}), "versions": versions(), "command": sys.argv,
+            "log": str(log_path), "data_used": outcome.get("data_used"),
+        }
+        summary.update(outcome.get("summary", {}))
+        summary.update(run_info or {})
+        save_json(summary, out / "run.json")
+        log.info("after: %s", json.dumps(after))
+        return summary
+    finally:
+        logging.getLogger("burn").removeHandler(handler)
+        handler.close()
+
+
+# ------------------------------------------------------------------------------------------------
+@register_defense("burn")
+def _burn(*, record: AttackRecord, model, config, device, evaluator, out: Path, resume: bool, progress: bool,
+          extra: dict) -> dict:
+    from .core.burn import BurnData, run_burn
+    from .core.config import BurnConfig
+    from .report.detection import confusion_row, detection_report
+
+    cfg = config or BurnConfig()
+    train = record.tensors("bd_train")
+    data = BurnData(x=train.x, y=train.label, mean=record.spec.mean3, std=record.spec.std3, hflip=record.spec.hflip)
+    res = run_burn(model, data, cfg, device=device, evaluate=evaluator, progress=progress,
+                   checkpoint_dir=out / "checkpoint", resume=resume, cache_dir=record.folder / "defense" / ".burn_cache",
+                   on_round=lambda row: log.info("round %s: %s", row["round"], json.dumps(row)))
+    flags = {"poison": train.poison.numpy(), "label": train.label.numpy(), "original_label": train.original_label.numpy()}
+    report = detection_report(res, flags)
+    poison = flags["poison"].astype(bool)
+    flipped = poison & (flags["label"] != flags["original_label"])
+    final_sel = res.selections[-1].poison.numpy() if res.selections else np.array([], dtype=np.int64)
+    score = res.final_score.numpy()
+    det_rows = [confusion_row(final_sel, poison, score, record.name, record.attack_target()),
+                confusion_row(final_sel, flipped, score, f"{record.name}[label-flipped]", record.attack_target())]
+
+    def write_detection(path):
+        import pandas as pd
+
+        save_csv(pd.DataFrame(det_rows, columns=["record", "TN", "FP", "FN", "TP", "TPR", "FPR", "AUC", "target"]),
+                 path, index=False)
+
+    def write_scores(path):
+        arrays = {k: v.numpy() for k, v in res.boundary.to_dict().items()}
+        arrays.update(bd=res.bd.numpy(), final_pd=res.final_pd.numpy(), final_score=score,
+                      label=flags["label"], original_index=train.original_index.numpy(),
+                      report_poison_flag=poison, report_original_label=flags["original_label"])
+        for s in res.selections:
+            arrays[f"round{s.round}_poison"] = s.poison.numpy()
+            arrays[f"round{s.round}_clean"] = s.clean.numpy()
+        save_npz(path, **arrays)
+
+    summary = {"detection": report, "boundary": res.boundary.summary(), "stopped_early": res.stopped_early,
+               "completed_rounds": res.completed_rounds}
+    if res.stopped_early:
+        print(f"warning: {res.stopped_early}", file=sys.stderr)
+    return {"model": res.model, "history": res.history, "timings": res.timings, "summary": summary,
+            "after": {k: res.history[-1].get(k) for k in METRIC_COLUMNS} if res.history and "test_acc" in res.history[-1] else None,
+            "files": {"detection_info.csv": write_detection, "scores.npz": write_scores},
+            "data_used": "poisoned training set (no clean data)"}

@@ -1,0 +1,125 @@
+"""YAML + command line -> one validated set of run settings.
+
+Order: the YAML file (``bb_configs/burn/<dataset>.yaml`` or ``--yaml_path``), then *only the flags
+the user gave* on the command line (argparse defaults are ``SUPPRESS``ed, so an unset flag never
+beats the YAML: BackdoorBench's trap, interface.md 1.4, is avoided). One concept, one name: a flag
+``--k_p0`` is the YAML key ``k_p0`` is ``BurnConfig.k_p0``.
+
+Keys BackdoorBench's common defense block carries but BURN has no use for are accepted and listed
+as ignored in ``run.json``; any other unknown key is an error naming it.
+"""
+from __future__ import annotations
+
+import argparse
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .core.config import BurnConfig
+from .errors import ConfigError
+
+# run-level keys (not BURN's algorithm): name -> (type, default, help)
+RUN_KEYS: dict[str, tuple] = {
+    "device": (str, "cpu", "cpu, cuda, cuda:0 ..."),
+    "dataset": (str, None, "dataset name; must agree with the record's (checked)"),
+    "model": (str, None, "model name; default: the record's model_name"),
+    "dataset_path": (str, None, "folder holding <dataset>/ (default: <R>/data as BackdoorBench)"),
+}
+# BackdoorBench common-block keys accepted for compatibility and ignored by BURN
+IGNORED_BB_KEYS = ("amp", "pin_memory", "non_blocking", "prefetch", "num_workers", "frequency_save",
+                   "checkpoint_load", "checkpoint_save", "log", "client_optimizer", "lr_scheduler",
+                   "sgd_momentum", "ratio", "index", "steplr_stepsize", "steplr_gamma", "steplr_milestones",
+                   "cos_t_max", "result_file", "attack_folder", "yaml_path")
+
+
+def bundled_config_dir() -> Path:
+    """The ``bb_configs/`` folder shipped with the package."""
+    return Path(str(resources.files("burn_plugin") / "bb_configs"))
+
+
+def default_yaml(method: str, dataset: str | None) -> Path | None:
+    base = bundled_config_dir() / method
+    for name in (f"{dataset}.yaml" if dataset else None, "config.yaml"):
+        if name and (base / name).is_file():
+            return base / name
+    return None
+
+
+def load_yaml(path: str | Path) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"YAML file not found: {p} (check --yaml_path)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p} is not valid YAML{where}; fix the file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read YAML {p}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p} must hold a mapping of settings, not a {type(data).__name__}")
+    return data
+
+
+def split_settings(merged: dict[str, Any], *, source: str, config_cls=BurnConfig) -> tuple[Any, dict, list]:
+    """Split merged settings into (algorithm config, run options, ignored keys); unknown keys fail."""
+    algo_keys = set(config_cls.keys())
+    algo, run, ignored = {}, {}, []
+    unknown = []
+    for k, v in merged.items():
+        if k in algo_keys:
+            algo[k] = v
+        elif k in RUN_KEYS:
+            run[k] = v
+        elif k in IGNORED_BB_KEYS:
+            ignored.append(k)
+        else:
+            unknown.append(k)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(map(repr, unknown))} in {source}; known: "
+                          f"{', '.join(sorted(algo_keys | set(RUN_KEYS)))} (BackdoorBench keys "
+                          f"{', '.join(IGNORED_BB_KEYS)} are accepted and ignored)")
+    for k, v in run.items():
+        if v is not None and not isinstance(v, str):
+            raise ConfigError(f"{k} in {source} must be a string, got {v!r}")
+    return config_cls.from_mapping(algo, source=source), run, sorted(ignored)
+
+
+def add_algorithm_flags(parser: argparse.ArgumentParser, config_cls=BurnConfig) -> None:
+    """One flag per config key, defaulting to SUPPRESS so that only given flags override the YAML."""
+    import dataclasses
+
+    group = parser.add_argument_group(f"{config_cls.__name__} settings (also YAML keys; default from the YAML, "
+                                      f"else the paper's value shown)")
+    for f in dataclasses.fields(config_cls):
+        default = f.default
+        kind = type(default)
+        kwargs: dict = {"default": argparse.SUPPRESS, "dest": f.name}
+        if kind is bool:
+            kwargs["type"] = _bool
+            kwargs["metavar"] = "BOOL"
+        elif kind is tuple:
+            kwargs["type"] = float
+            kwargs["nargs"] = len(default)
+        elif kind in (int, float, str):
+            kwargs["type"] = kind
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        group.add_argument(*names, help=f"default {default!r}", **kwargs)
+
+
+def _bool(s: str) -> bool:
+    if s.lower() in ("true", "1", "yes"):
+        return True
+    if s.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def given_flags(args: argparse.Namespace, keys) -> dict:
+    """The subset of ``keys`` the user actually passed (SUPPRESSed defaults are absent)."""
+    return {k: getattr(args, k) for k in keys if hasattr(args, k) and getattr(args, k) is not None}
