@@ -45,7 +45,7 @@ def cmd_attack(args) -> int:
                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                               random_seed=args.random_seed, device=args.device, blend_alpha=args.blend_alpha,
                               trigger_image=args.trigger_image, dataset_path=args.dataset_path,
-                              ram_mode=args.ram_mode)
+                              ram_mode=args.ram_mode, train_subset=args.train_subset, test_subset=args.test_subset)
     out = Path(args.out) if args.out else Path("record") / f"{args.attack}_{args.dataset}_{args.model}"
     final = run_attack(settings, out, overwrite=args.overwrite, clean_reference=args.clean_reference,
                        progress=not args.quiet)
@@ -84,6 +84,9 @@ def _configure_attack(p):
          "fashionmnist is also found in /usr/share/datasets/fashion-mnist")
     flag(p, "ram_mode", action="store_true", help="keep poisoned images inside attack_result.pt (BackdoorBench's "
          "RAM mode; such records need --trust-record to load) instead of PNG files")
+    flag(p, "train_subset", type=int, default=None, help="train on this many training samples drawn with the seed "
+         "(kept in the record as BackdoorBench keeps subsets); default: all")
+    flag(p, "test_subset", type=int, default=None, help="keep this many poisoned test samples in bd_test; default: all")
     p.add_argument("--out", default=None, help="record folder to write (default record/<attack>_<dataset>_<model>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing record in --out")
     flag(p, "clean_reference", action="store_true",
@@ -144,18 +147,22 @@ cmd_info.configure = _configure_info
 # ------------------------------------------------------------------------------------------------
 @subcommand("defend", "run BURN (or another method) on an attack record and write results beside it")
 def cmd_defend(args) -> int:
-    from .defend import defend
+    from .bench.records import record_dataset, resolve_attack_folder
+    from .defend import config_class, defend, print_summary
     from .settings import RUN_KEYS, default_yaml, given_flags, load_yaml, split_settings
 
     method = args.method
-    config_cls = _config_class(method)
+    config_cls = config_class(method)
     folder = args.attack_folder or args.result_file
     if not folder:
         raise BadInputError("no record given; pass --attack_folder PATH (the folder holding attack_result.pt)")
-    folder = _resolve_attack_folder(folder)
-    yaml_path = args.yaml_path or default_yaml(method, getattr(args, "dataset", None) or _record_dataset(folder))
+    folder = resolve_attack_folder(folder)
+    yaml_path = args.yaml_path or default_yaml(method, getattr(args, "dataset", None) or record_dataset(folder))
     merged = load_yaml(yaml_path) if yaml_path else {}
-    given = given_flags(args, list(config_cls.keys()) + list(RUN_KEYS))
+    from .defend import CONFIGS
+
+    all_keys = {k for c in CONFIGS.values() for k in c.keys()}
+    given = given_flags(args, sorted(all_keys) + list(RUN_KEYS))
     merged.update(given)
     source = f"{yaml_path} + command line" if yaml_path else "command line"
     cfg, run, ignored = split_settings(merged, source=source, config_cls=config_cls)
@@ -169,74 +176,15 @@ def cmd_defend(args) -> int:
     return 0
 
 
-def _config_class(method: str):
-    from .core.config import BurnConfig
-
-    return BurnConfig
-
-
-def _record_dataset(folder) -> str | None:
-    """The record's dataset (to pick the bundled YAML): from info.pickle, else attack_result.pt."""
-    from .fileio import load_settings_file, torch_load
-
-    info = Path(folder) / "info.pickle"
-    try:
-        if info.is_file():
-            ds = load_settings_file(info).get("dataset")
-            if isinstance(ds, str):
-                return ds
-        f = Path(folder) / "attack_result.pt"
-        if f.is_file():
-            obj = torch_load(f, what="attack record")
-            return obj.get("clean_data") if isinstance(obj, dict) else None
-    except BurnError:
-        return None  # the record loader reports the real problem with the right message
-    return None
-
-
-def _resolve_attack_folder(folder: str) -> str:
-    """A folder name under ./record/ (BackdoorBench style) or a path."""
-    p = Path(folder)
-    if not p.exists() and (Path("record") / folder).exists():
-        return str(Path("record") / folder)
-    return folder
-
-
-def print_summary(summary: dict) -> None:
-    b, a = summary["before"], summary["after"]
-
-    def fmt(m):
-        return "  ".join(f"{k[5:].upper()} {m[k]:.4f}" for k in ("test_acc", "test_asr", "test_ra") if m.get(k) is not None)
-    print(f"{summary['method']} on {summary['record']}")
-    print(f"  before: {fmt(b)}")
-    print(f"  after:  {fmt(a)}")
-    det = summary.get("detection")
-    if det:
-        def f(v):
-            return "n/a" if v is None else f"{v:.4f}"
-        print(f"  detection: AUROC l(x) {f(det['auroc_distance_poison'])} (label-flipped {f(det['auroc_distance_flipped'])}), "
-              f"AUROC S {f(det['auroc_score_poison'])}")
-        last = det["rounds"][-1] if det["rounds"] else None
-        if last:
-            ps = last["poison_set"]
-            print(f"  final poison set: precision {f(ps['precision'])} recall {f(ps['recall'])}, restored-label "
-                  f"accuracy {f(last['restored_label_accuracy'])}; clean set purity {f(last['clean_set_purity'])}")
-        print(f"  observations: mean l clean {f(det['mean_distance_clean'])} vs poison {f(det['mean_distance_poison'])}; "
-              f"adv label = true label for {f(det['poison_adv_label_is_true_label'])} of flipped poison; "
-              f"clean adv-label entropy {f(det.get('clean_adv_label_entropy_ratio'))} of max")
-    t = summary.get("timings", {})
-    if t:
-        print("  time: " + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in t.items()) + f", total {summary['wall_seconds']:.0f}s")
-    print(f"  results: {Path(summary['log']).parent.parent}")
-
-
 def _configure_defend(p):
+    from .defend import CONFIGS, _load_methods
     from .settings import RUN_KEYS, add_algorithm_flags
 
+    _load_methods()
     flag(p, "attack_folder", default=None, help="attack record folder (holding attack_result.pt), or a folder "
          "name under ./record/ as in BackdoorBench")
     flag(p, "result_file", default=None, help="alias of --attack_folder (BackdoorBench's name)")
-    p.add_argument("--method", default="burn", help="defense to run (default burn)")
+    p.add_argument("--method", default="burn", help=f"defense to run: {', '.join(sorted(CONFIGS))} (default burn)")
     flag(p, "yaml_path", default=None, help="YAML settings (default: the bundled bb_configs/<method>/<dataset>.yaml); "
          "flags given on the command line override it")
     for k, (typ, _default, hlp) in RUN_KEYS.items():
@@ -247,10 +195,28 @@ def _configure_defend(p):
     p.add_argument("--overwrite", action="store_true", help="replace an existing result in the output folder "
                    "(without it an existing result is never touched)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last round checkpoint")
-    add_algorithm_flags(p)
+    add_algorithm_flags(p, [CONFIGS["burn"]] + [c for m, c in sorted(CONFIGS.items()) if m != "burn"])
 
 
 cmd_defend.configure = _configure_defend
+
+
+# ------------------------------------------------------------------------------------------------
+@subcommand("demo", "attack -> BURN and FT -> table -> plots on the embedded Fashion-MNIST, in minutes")
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), progress=not args.quiet, device=args.device)
+    return 0
+
+
+def _configure_demo(p):
+    p.add_argument("--out", default="burn_demo", help="folder for the record, results, table and plots "
+                   "(default ./burn_demo)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+
+cmd_demo.configure = _configure_demo
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,7 +240,7 @@ def _load_plugins() -> None:
     """Import modules that register further subcommands (kept out of the import path of `burn --help`)."""
     import importlib
 
-    for mod in ("burn_plugin.commands",):
+    for mod in ("burn_plugin.report.commands", "burn_plugin.backdoorbench.commands"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:
@@ -304,4 +270,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from burn_plugin.cli import main as _main  # one module instance, so plugin subcommands register on it
+
+    sys.exit(_main())

@@ -37,14 +37,42 @@ from .fileio import save_csv, save_json, save_npz, save_torch
 log = logging.getLogger("burn")
 
 DEFENSES: dict[str, Callable] = {}
+CONFIGS: dict[str, type] = {}
 
 
-def register_defense(name: str):
-    """Register ``fn(record, model, run) -> DefenseOutcome`` as a method of ``burn defend``."""
+def register_defense(name: str, config_cls: type):
+    """Register ``fn(*, record, model, config, device, evaluator, out, resume, progress, extra) -> dict``
+    as method ``name`` of ``burn defend``, configured by the dataclass ``config_cls`` (its fields are
+    the method's YAML keys and command-line flags; YAML defaults live in ``bb_configs/<name>/``).
+
+    The function returns ``{"model", "history" (rows for <name>_df.csv), "timings", "summary",
+    "files" ({name: writer(path)}), "data_used", optionally "after"}``.
+    """
     def deco(fn):
         DEFENSES[name] = fn
+        CONFIGS[name] = config_cls
         return fn
     return deco
+
+
+def config_class(method: str) -> type:
+    _load_methods()
+    try:
+        return CONFIGS[method]
+    except KeyError:
+        raise ConfigError(f"unknown defense method {method!r}; choose one of: {', '.join(sorted(DEFENSES))}") from None
+
+
+def _load_methods() -> None:
+    """Import the modules that register further methods (baselines, ULRL)."""
+    import importlib
+
+    for mod in ("burn_plugin.baselines", "burn_plugin.ulrl_method"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
 
 
 def resolve_device(device: str | None) -> str:
@@ -97,8 +125,7 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
            overwrite: bool = False, resume: bool = False, progress: bool = True, run_info: dict | None = None,
            extra: dict | None = None) -> dict:
     """Defend one record; returns the summary also written to ``run.json``."""
-    if method not in DEFENSES:
-        raise ConfigError(f"unknown defense method {method!r}; choose one of: {', '.join(sorted(DEFENSES))}")
+    config_class(method)  # validates the name (and loads registered methods)
     device = resolve_device(device)
     record = load_record(attack_folder, trusted=trusted, dataset=dataset, dataset_path=dataset_path)
     model = record.build_model(model_name)
@@ -151,8 +178,36 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
         handler.close()
 
 
+def print_summary(summary: dict) -> None:
+    b, a = summary["before"], summary["after"]
+
+    def fmt(m):
+        return "  ".join(f"{k[5:].upper()} {m[k]:.4f}" for k in ("test_acc", "test_asr", "test_ra") if m.get(k) is not None)
+    print(f"{summary['method']} on {summary['record']}")
+    print(f"  before: {fmt(b)}")
+    print(f"  after:  {fmt(a)}")
+    det = summary.get("detection")
+    if det:
+        def f(v):
+            return "n/a" if v is None else f"{v:.4f}"
+        print(f"  detection: AUROC l(x) {f(det['auroc_distance_poison'])} (label-flipped {f(det['auroc_distance_flipped'])}), "
+              f"AUROC S {f(det['auroc_score_poison'])}")
+        last = det["rounds"][-1] if det["rounds"] else None
+        if last:
+            ps = last["poison_set"]
+            print(f"  final poison set: precision {f(ps['precision'])} recall {f(ps['recall'])}, restored-label "
+                  f"accuracy {f(last['restored_label_accuracy'])}; clean set purity {f(last['clean_set_purity'])}")
+        print(f"  observations: mean l clean {f(det['mean_distance_clean'])} vs poison {f(det['mean_distance_poison'])}; "
+              f"adv label = true label for {f(det['poison_adv_label_is_true_label'])} of flipped poison; "
+              f"clean adv-label entropy {f(det.get('clean_adv_label_entropy_ratio'))} of max")
+    t = summary.get("timings", {})
+    if t:
+        print("  time: " + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in t.items()) + f", total {summary['wall_seconds']:.0f}s")
+    print(f"  results: {Path(summary['log']).parent.parent}")
+
+
 # ------------------------------------------------------------------------------------------------
-@register_defense("burn")
+@register_defense("burn", __import__("burn_plugin.core.config", fromlist=["BurnConfig"]).BurnConfig)
 def _burn(*, record: AttackRecord, model, config, device, evaluator, out: Path, resume: bool, progress: bool,
           extra: dict) -> dict:
     from .core.burn import BurnData, run_burn

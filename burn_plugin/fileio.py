@@ -81,8 +81,7 @@ def torch_load(path: str | os.PathLike, *, trusted: bool = False, what: str = "f
                 f"({', '.join(needed) or 'non-allow-listed globals'}), which would run code from the file; "
                 f"if you made this file yourself or trust its source, pass {trust_flag}") from exc
         raise CorruptFileError(f"{what} {path} is corrupt or truncated ({_first_line(exc)}); re-create it") from exc
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError,
-            AttributeError, ImportError, MemoryError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever else a damaged file makes the loader raise (struct.error ...)
         raise CorruptFileError(f"{what} {path} is corrupt or truncated ({type(exc).__name__}: "
                                f"{_first_line(exc)}); re-create it") from exc
 

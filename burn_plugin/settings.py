@@ -32,9 +32,30 @@ IGNORED_BB_KEYS = ("amp", "pin_memory", "non_blocking", "prefetch", "num_workers
                    "cos_t_max", "result_file", "attack_folder", "yaml_path")
 
 
+def package_data_dir(package: str, repo_folder: str) -> Path | None:
+    """Folder of a data package; falls back to the source tree for editable installs."""
+    candidates = []
+    try:
+        candidates.append(Path(str(resources.files(package))))
+    except (ModuleNotFoundError, TypeError, ValueError):
+        pass
+    import burn_plugin
+
+    pkg = Path(burn_plugin.__file__).resolve().parent
+    candidates += [pkg / package.rsplit(".", 1)[-1], pkg.parent / repo_folder]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
 def bundled_config_dir() -> Path:
-    """The ``bb_configs/`` folder shipped with the package."""
-    return Path(str(resources.files("burn_plugin") / "bb_configs"))
+    """The ``bb_configs/`` folder shipped with the package (or the source tree's, in development)."""
+    d = package_data_dir("burn_plugin.bb_configs", "bb_configs")
+    if d is None:
+        raise ConfigError("the packaged bb_configs/ folder is missing from this burn_plugin installation; "
+                          "reinstall burn-plugin")
+    return d
 
 
 def default_yaml(method: str, dataset: str | None) -> Path | None:
@@ -53,6 +74,8 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"YAML file not found: {p} (check --yaml_path)")
     try:
         data = yaml.safe_load(p.read_text())
+    except RecursionError:
+        raise ConfigError(f"{p} is nested too deeply to be a settings file; fix the file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -72,6 +95,8 @@ def split_settings(merged: dict[str, Any], *, source: str, config_cls=BurnConfig
     algo, run, ignored = {}, {}, []
     unknown = []
     for k, v in merged.items():
+        if v is None:
+            continue  # as in BackdoorBench, a YAML null means "not set": the default applies
         if k in algo_keys:
             algo[k] = v
         elif k in RUN_KEYS:
@@ -90,26 +115,34 @@ def split_settings(merged: dict[str, Any], *, source: str, config_cls=BurnConfig
     return config_cls.from_mapping(algo, source=source), run, sorted(ignored)
 
 
-def add_algorithm_flags(parser: argparse.ArgumentParser, config_cls=BurnConfig) -> None:
-    """One flag per config key, defaulting to SUPPRESS so that only given flags override the YAML."""
+def add_algorithm_flags(parser: argparse.ArgumentParser, config_classes=(BurnConfig,)) -> None:
+    """One flag per config key (each name once across ``config_classes``), defaulting to SUPPRESS so
+    that only flags the user gives override the YAML."""
     import dataclasses
 
-    group = parser.add_argument_group(f"{config_cls.__name__} settings (also YAML keys; default from the YAML, "
-                                      f"else the paper's value shown)")
-    for f in dataclasses.fields(config_cls):
-        default = f.default
-        kind = type(default)
-        kwargs: dict = {"default": argparse.SUPPRESS, "dest": f.name}
-        if kind is bool:
-            kwargs["type"] = _bool
-            kwargs["metavar"] = "BOOL"
-        elif kind is tuple:
-            kwargs["type"] = float
-            kwargs["nargs"] = len(default)
-        elif kind in (int, float, str):
-            kwargs["type"] = kind
-        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-        group.add_argument(*names, help=f"default {default!r}", **kwargs)
+    if isinstance(config_classes, type):
+        config_classes = (config_classes,)
+    seen: set[str] = set()
+    for config_cls in config_classes:
+        group = parser.add_argument_group(f"{config_cls.__name__} settings (also YAML keys; default from the "
+                                          f"YAML, else the value shown)")
+        for f in dataclasses.fields(config_cls):
+            if f.name in seen:
+                continue
+            seen.add(f.name)
+            default = f.default
+            kind = type(default)
+            kwargs: dict = {"default": argparse.SUPPRESS, "dest": f.name}
+            if kind is bool:
+                kwargs["type"] = _bool
+                kwargs["metavar"] = "BOOL"
+            elif kind is tuple:
+                kwargs["type"] = float
+                kwargs["nargs"] = len(default)
+            elif kind in (int, float, str):
+                kwargs["type"] = kind
+            names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+            group.add_argument(*names, help=f"default {default!r}", **kwargs)
 
 
 def _bool(s: str) -> bool:

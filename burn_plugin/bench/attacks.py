@@ -119,6 +119,16 @@ def poison_indices(labels: np.ndarray, pratio: float, seed: int, *, clean_label_
     return np.sort(rng.choice(pool, n, replace=False))
 
 
+def _subset(n: int, k: int | None, seed: int, what: str) -> np.ndarray:
+    """All of ``range(n)``, or ``k`` of them drawn with ``seed`` (sorted); kept in the record as
+    BackdoorBench keeps subsets, in ``original_index_array``."""
+    if k is None or k >= n:
+        return np.arange(n)
+    if k <= 0:
+        raise ConfigError(f"--{what} must be a positive number of samples, got {k}")
+    return np.sort(np.random.RandomState(seed).choice(n, k, replace=False))
+
+
 def bd_label_fn(label_trans: str, target: int, num_classes: int) -> Callable[[int], int]:
     if label_trans == "all2one":
         return lambda y: int(target)
@@ -148,6 +158,8 @@ class AttackSettings:
     trigger_image: str | None = None
     dataset_path: str | None = None
     ram_mode: bool = False
+    train_subset: int | None = None
+    test_subset: int | None = None
     extra: dict = field(default_factory=dict)
 
     def default_epochs(self) -> int:
@@ -197,11 +209,13 @@ def run_attack(settings: AttackSettings, out_folder: Path, *, overwrite: bool = 
 
     train_targets = np.asarray(raw_train.targets, dtype=np.int64)
     test_targets = np.asarray(raw_test.targets, dtype=np.int64)
-    train_idx = poison_indices(train_targets, settings.pratio, settings.random_seed)
+    visible = _subset(len(train_targets), settings.train_subset, settings.random_seed + 1, "train_subset")
+    train_idx = visible[poison_indices(train_targets[visible], settings.pratio, settings.random_seed)]
     if settings.attack_label_trans == "all2one":
         test_idx = np.flatnonzero(test_targets != settings.attack_target)
     else:
         test_idx = np.arange(len(test_targets))
+    test_idx = test_idx[_subset(len(test_idx), settings.test_subset, settings.random_seed + 2, "test_subset")]
 
     def poison(raw, idx):
         imgs, bd, orig = {}, {}, {}
@@ -221,11 +235,11 @@ def run_attack(settings: AttackSettings, out_folder: Path, *, overwrite: bool = 
     train_ind[train_idx] = 1
     test_ind = np.zeros(len(test_targets))
     test_ind[test_idx] = 1
-    bd_train_state = make_state(tr_dict, train_ind, np.arange(len(train_targets)),
+    bd_train_state = make_state(tr_dict, train_ind, visible,
                                 folder_str and f"{folder_str}/bd_train_dataset")
     bd_test_state = make_state(te_dict, test_ind, test_idx, folder_str and f"{folder_str}/bd_test_dataset")
 
-    bd_train = _split_tensors(spec, raw_train, tr_imgs, tr_bd, np.arange(len(train_targets)))
+    bd_train = _split_tensors(spec, raw_train, tr_imgs, tr_bd, visible)
     bd_test = _split_tensors(spec, raw_test, te_imgs, te_bd, test_idx)
     clean_test = _split_tensors(spec, raw_test, {}, {}, np.arange(len(test_targets)))
 
@@ -242,13 +256,14 @@ def run_attack(settings: AttackSettings, out_folder: Path, *, overwrite: bool = 
                 img_size=spec.img_size, input_height=spec.height, input_width=spec.width, input_channel=spec.channels,
                 dataset_path=f"./data/{spec.name}")
     save_torch(info, out_folder / "info.pickle")
-    save_torch(train_idx.astype(np.int64), out_folder / "train_poison_index_list.pickle")
+    # despite its name BackdoorBench stores the 0/1 float indicator over the whole training set here
+    save_torch(train_ind, out_folder / "train_poison_index_list.pickle")
     save_csv(df, out_folder / "attack_df.csv")
     save_csv(summarize(df), out_folder / "attack_df_summary.csv")
     final = dict(history[-1])
     final["train_seconds"] = train_seconds
     if clean_reference:
-        clean_train = _split_tensors(spec, raw_train, {}, {}, np.arange(len(train_targets)))
+        clean_train = _split_tensors(spec, raw_train, {}, {}, visible)
         _, clean_hist = _train(settings, spec, clean_train, clean_test, bd_test, epochs, progress, "clean reference")
         final["clean_reference_test_acc"] = clean_hist[-1]["test_acc"]
         final["clean_reference_test_asr"] = clean_hist[-1]["test_asr"]

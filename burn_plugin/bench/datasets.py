@@ -114,8 +114,12 @@ class FileImageDataset(torch.utils.data.Dataset):
         return len(self.targets)
 
     def __getitem__(self, i: int):
-        with Image.open(self.paths[i]) as im:
-            return im.convert("RGB"), self.targets[i]
+        try:
+            with Image.open(self.paths[i]) as im:
+                return im.convert("RGB"), self.targets[i]
+        except (OSError, ValueError, SyntaxError) as exc:  # missing, unreadable or not an image
+            raise DataNotFoundError(f"dataset image {self.paths[i]} cannot be read ({type(exc).__name__}); "
+                                    f"re-install the data") from None
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -128,6 +132,8 @@ def _read_idx(path: Path) -> np.ndarray:
     if magic >> 8 != 0x08:
         raise DataNotFoundError(f"{path} is not a uint8 idx file; re-install the data")
     shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    if len(raw) != 4 + 4 * ndim + int(np.prod(shape)):
+        raise DataNotFoundError(f"{path} is truncated or corrupt (header says {shape}); re-install the data")
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -152,6 +158,9 @@ def _load_idx_dataset(folders: Sequence[Path], train: bool, name: str) -> ArrayI
         pair = _idx_pair(folder, train)
         if pair:
             images, labels = _read_idx(pair[0]), _read_idx(pair[1])
+            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+                raise DataNotFoundError(f"{pair[0]} ({images.shape}) and {pair[1]} ({labels.shape}) do not "
+                                        f"match; re-install the data")
             return ArrayImageDataset(images, labels.astype(np.int64))
     spec = get_spec(name)
     raise DataNotFoundError(f"{name} data not found; searched {', '.join(str(f) for f in folders)}; "
@@ -185,12 +194,18 @@ def _load_cifar(root: Path, train: bool, hundred: bool):
             folder = Path(self.root) / self.base_folder
             return all((folder / f).is_file() for f, _ in self.train_list + self.test_list)
 
+        def _load_meta(self) -> None:  # class names are unused; torchvision would md5-check the meta file
+            self.classes, self.class_to_idx = [], {}
+
     name = "cifar100" if hundred else "cifar10"
     try:
         ds = _Cifar(str(root), train=train, download=False)
     except RuntimeError:
         raise DataNotFoundError(f"{name} data not found under {root / base.base_folder}; "
                                 f"{get_spec(name).how_to_get}") from None
+    except Exception as exc:  # noqa: BLE001 - a truncated/corrupt batch file
+        raise DataNotFoundError(f"{name} data under {root / base.base_folder} cannot be read "
+                                f"({type(exc).__name__}: {exc}); {get_spec(name).how_to_get} again") from None
     return ArrayImageDataset(ds.data, ds.targets)
 
 
@@ -217,20 +232,23 @@ def _read_gt(gt: Path, folder: Path, paths: list, labels: list) -> None:
     with open(gt, newline="") as fh:
         rows = csv.reader(fh, delimiter=";")
         next(rows, None)  # header
-        for row in rows:
+        for n, row in enumerate(rows, start=2):
             if row:
+                try:
+                    label = int(row[7])
+                except (IndexError, ValueError):
+                    raise DataNotFoundError(f"gtsrb annotation {gt} line {n} has no class id in column 8; "
+                                            f"{get_spec('gtsrb').how_to_get}") from None
                 paths.append(folder / row[0])
-                labels.append(int(row[7]))
+                labels.append(label)
 
 
 def _load_tiny(root: Path, train: bool):
-    import torchvision
-
     base = root / "tiny-imagenet-200"
     train_dir = base / "train"
     if not train_dir.is_dir():
         raise DataNotFoundError(f"tiny data not found: {train_dir} is missing; {get_spec('tiny').how_to_get}")
-    train_set = torchvision.datasets.ImageFolder(str(train_dir))
+    train_set = _image_folder(train_dir)
     if train:
         return FileImageDataset([p for p, _ in train_set.samples], train_set.targets)
     val = base / "val"
@@ -246,9 +264,23 @@ def _load_tiny(root: Path, train: bool):
         return FileImageDataset(paths, labels)
     if not val.is_dir():
         raise DataNotFoundError(f"tiny data not found: {val} is missing; {get_spec('tiny').how_to_get}")
-    val_set = torchvision.datasets.ImageFolder(str(val))
+    val_set = _image_folder(val)
+    unknown = [c for c in val_set.class_to_idx if c not in train_set.class_to_idx]
+    if unknown:
+        raise DataNotFoundError(f"tiny: {val} has folders that are not training classes (e.g. {unknown[0]!r}); "
+                                f"a flat val/images needs val/val_annotations.txt beside it")
     remap = {i: train_set.class_to_idx[c] for c, i in val_set.class_to_idx.items()}
     return FileImageDataset([p for p, _ in val_set.samples], [remap[t] for t in val_set.targets])
+
+
+def _image_folder(folder: Path):
+    import torchvision
+
+    try:
+        return torchvision.datasets.ImageFolder(str(folder))
+    except (FileNotFoundError, OSError) as exc:
+        raise DataNotFoundError(f"tiny data in {folder} are incomplete ({exc}); "
+                                f"{get_spec('tiny').how_to_get}") from None
 
 
 _BB = "BackdoorBench layout"
@@ -318,7 +350,7 @@ def pil_to_uint8(img: Image.Image, spec: DatasetSpec) -> np.ndarray:
         import torchvision.transforms.functional as TF
 
         img = TF.resize(img, [spec.height, spec.width])
-    return np.asarray(_to_rgb(img), dtype=np.uint8).transpose(2, 0, 1)
+    return np.array(_to_rgb(img), dtype=np.uint8).transpose(2, 0, 1)  # a writable copy
 
 
 def to_uint8_tensor(raw, spec: DatasetSpec, indices: Sequence[int] | None = None) -> torch.Tensor:

@@ -97,12 +97,12 @@ def summarize(df):
 
 
 def as_metric_row(values: dict) -> dict:
-    """Drop ``None`` and store non-finite floats as ``"nan_value"``, as BackdoorBench's aggregator does."""
+    """Drop ``None`` and store NaN (not Inf) as ``"nan_value"``, as BackdoorBench's aggregator does."""
     row = {}
     for k, v in values.items():
         if v is None:
             continue
-        if isinstance(v, float) and not math.isfinite(v):
+        if isinstance(v, (float, np.floating)) and math.isnan(v):
             v = "nan_value"
         row[k] = v
     return row

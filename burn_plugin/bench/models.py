@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ShapeMismatchError, UnknownNameError
+from ..errors import CorruptFileError, ShapeMismatchError, UnknownNameError
 
 _REGISTRY: dict[str, Callable[[int], nn.Module]] = {}
 
@@ -70,6 +70,10 @@ def unprune_state_dict(state_dict: dict) -> dict:
 
 def load_weights(model: nn.Module, state_dict: dict, *, model_name: str = "model", source: str = "record") -> nn.Module:
     """Load a state dict after stripping ``module.``/pruning wrappers; mismatches give one clear error."""
+    if not isinstance(state_dict, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                   for k, v in state_dict.items()):
+        raise CorruptFileError(f"the weights of {source} are not a state dict (names -> tensors); "
+                               f"the file is corrupt or not a model checkpoint")
     sd = unprune_state_dict(strip_module_prefix(state_dict))
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
@@ -83,7 +87,8 @@ def load_weights(model: nn.Module, state_dict: dict, *, model_name: str = "model
         if tuple(own[k].shape) != tuple(v.shape):
             hint = ""
             if k.endswith(("linear.weight", "fc.weight", "classifier.weight")) or own[k].dim() in (1, 2):
-                hint = " (class-count mismatch? check --num_classes / --dataset)"
+                hint = (f" (class-count mismatch? the weights have {v.shape[0]} outputs, the model "
+                        f"{own[k].shape[0]}; the record's num_classes or --dataset does not fit its model)")
             raise ShapeMismatchError(f"state dict of {source} does not fit model {model_name!r}: {k} has shape "
                                      f"{tuple(v.shape)}, the model expects {tuple(own[k].shape)}{hint}")
     model.load_state_dict(sd)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import (CorruptFileError, DataNotFoundError, RecordNotFoundError, ShapeMismatchError,
+from ..errors import (BurnError, CorruptFileError, DataNotFoundError, RecordNotFoundError, ShapeMismatchError,
                       UnknownNameError)
 from ..fileio import load_settings_file, save_torch, torch_load
 from . import datasets as D
@@ -43,7 +43,7 @@ class PoisonContainer:
     """The poisoned samples of one split: original index -> (image, bd_label, original_label)."""
 
     def __init__(self, data_dict: dict, save_folder_path: str | None, resolve=None):
-        self.data_dict = {int(k): v for k, v in data_dict.items()}
+        self.data_dict = {_as_int(k, "a data_dict key"): _check_entry(k, v) for k, v in data_dict.items()}
         self.save_folder_path = save_folder_path
         self._resolve = resolve or (lambda p: Path(p))
 
@@ -65,14 +65,49 @@ class PoisonContainer:
             except FileNotFoundError:
                 raise RecordNotFoundError(f"poisoned image {v['path']} not found (looked at {path}); "
                                           f"keep bd_train_dataset/ and bd_test_dataset/ beside attack_result.pt") from None
+            except (OSError, ValueError, SyntaxError) as exc:  # a folder, not an image, a truncated PNG ...
+                raise CorruptFileError(f"poisoned image {v['path']} (at {path}) cannot be read ({exc}); "
+                                       f"the record folder is damaged") from None
         img = v[0]
-        return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img).astype(np.uint8))
+        if isinstance(img, Image.Image):
+            return img
+        try:
+            return Image.fromarray(np.asarray(img).astype(np.uint8))
+        except (TypeError, ValueError) as exc:
+            raise CorruptFileError(f"poisoned sample {idx} is not an image ({exc}); the record is damaged") from None
 
     def __contains__(self, idx: int) -> bool:
         return idx in self.data_dict
 
     def __len__(self) -> int:
         return len(self.data_dict)
+
+
+def _as_int(v, what: str) -> int:
+    """An integer index/label as BackdoorBench stores it (int, numpy integer or integer tensor)."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point():
+        v = v.item()
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+        return int(v)
+    raise CorruptFileError(f"{what} is {v!r:.60}, expected an integer; the record is damaged")
+
+
+def _check_entry(key, v):
+    """One ``data_dict`` value: ``{path, other_info: [bd, orig]}`` (disk) or ``(image, bd, orig)`` (RAM)."""
+    if isinstance(v, dict):
+        info = v.get("other_info")
+        if not isinstance(v.get("path"), (str, os.PathLike)) or not isinstance(info, (list, tuple)) or len(info) < 2:
+            raise CorruptFileError(f"data_dict entry {key!r:.30} is {v!r:.80}, expected {{'path': str, "
+                                   f"'other_info': [bd_label, original_label]}}; the record is damaged")
+        _as_int(info[0], f"the backdoor label of sample {key!r:.30}")
+        _as_int(info[1], f"the original label of sample {key!r:.30}")
+    elif isinstance(v, (list, tuple)) and len(v) == 3:
+        _as_int(v[1], f"the backdoor label of sample {key!r:.30}")
+        _as_int(v[2], f"the original label of sample {key!r:.30}")
+    else:
+        raise CorruptFileError(f"data_dict entry {key!r:.30} is {type(v).__name__}, expected a dict (disk mode) or "
+                               f"an (image, bd_label, original_label) tuple (RAM mode); the record is damaged")
+    return v
 
 
 class BDDataset(torch.utils.data.Dataset):
@@ -93,6 +128,8 @@ class BDDataset(torch.utils.data.Dataset):
         self.container = container or PoisonContainer({}, None)
         self.transform = transform
         self.getitem_all_switch = False
+        if self.poison_indicator.ndim != 1 or self.original_index_array.ndim != 1:
+            raise CorruptFileError("poison_indicator and original_index_array must be 1-D arrays; the record is damaged")
         if len(self.poison_indicator) != n:
             raise CorruptFileError(f"poison_indicator has length {len(self.poison_indicator)} but the clean split has "
                                    f"{n} samples; the record does not belong to this dataset (check --dataset)")
@@ -247,6 +284,40 @@ def find_record_file(attack_folder: str | os.PathLike) -> Path:
     return f
 
 
+def resolve_attack_folder(name: str | os.PathLike, cwd: str | os.PathLike | None = None) -> Path:
+    """BackdoorBench's ``record/<name>`` (under ``cwd``), else ``name`` as a path; must hold attack_result.pt."""
+    cwd = Path(cwd) if cwd is not None else Path.cwd()
+    raw = Path(name)
+    candidates = [raw if raw.is_absolute() else cwd / raw]
+    if not raw.is_absolute():
+        candidates.insert(0, cwd / "record" / raw)
+    for c in candidates:
+        if (c / "attack_result.pt").is_file():
+            return c
+    for c in candidates:
+        if c.is_dir():
+            raise RecordNotFoundError(f"no attack_result.pt in {c}; give an attack record folder (the one holding "
+                                      f"attack_result.pt)")
+    raise RecordNotFoundError(
+        f"attack record {str(name)!r} not found: neither record/{name}/ under {cwd} nor the path {name} exists; "
+        f"run from the BackdoorBench root or pass the record folder's path to --attack_folder")
+
+
+def record_dataset(folder: Path) -> str | None:
+    """The record's dataset name (from ``info.pickle``, else ``attack_result.pt``), or None if unreadable."""
+    try:
+        info = folder / "info.pickle"
+        if info.is_file():
+            ds = load_settings_file(info).get("dataset")
+            if isinstance(ds, str):
+                return ds
+        obj = torch_load(folder / "attack_result.pt", what="attack record")
+        ds = obj.get("clean_data") if isinstance(obj, dict) else None
+        return ds if isinstance(ds, str) else None
+    except BurnError:
+        return None  # the record loader reports the real problem later, with the right message
+
+
 def bb_root_of(record_folder: Path) -> Path:
     """The folder that contains ``record/`` (``<R>`` in ``<R>/record/<attack>``)."""
     return record_folder.resolve().parent.parent
@@ -333,9 +404,14 @@ def load_record(attack_folder: str | os.PathLike, *, trusted: bool = False, data
         cont = state["bd_data_container"]
         container = PoisonContainer(cont["data_dict"], cont.get("save_folder_path"), resolver)
         try:
-            return BDDataset(raw, state["poison_indicator"], state["original_index_array"], container, tf)
-        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            ds = BDDataset(raw, state["poison_indicator"], state["original_index_array"], container, tf)
+        except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
             raise CorruptFileError(f"{path}: {label} state is malformed ({exc})") from exc
+        for i in container.data_dict:
+            if not all(0 <= y < spec.num_classes for y in container.labels(i)):
+                raise CorruptFileError(f"{path}: {label} sample {i} has labels {container.labels(i)} outside "
+                                       f"0..{spec.num_classes - 1}; the record is damaged")
+        return ds
 
     bd_train = build(obj["bd_train"], raw_train, train_tf, "bd_train") if obj["bd_train"] is not None else None
     bd_test = build(obj["bd_test"], raw_test, test_tf, "bd_test")

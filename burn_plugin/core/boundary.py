@@ -23,7 +23,12 @@ Implementation notes (the hot path of BURN):
   retained graph (``grad_mode="loop"``, fastest on CPU) or from one vectorised call
   (``grad_mode="batched"``, ``torch.autograd.grad(..., is_grads_batched=True)``); both give identical
   gradients;
-- model parameters are frozen during the attack (no weight gradients are computed).
+- model parameters are frozen during the attack (no weight gradients are computed);
+- with a pixel box (``clip``), the step is box-aware: gradient components that point out of the box
+  at pixels already on a bound are dropped before the linearisation, so a step is not cancelled by
+  the clip. Without any pixel on a bound this is exactly DeepFool; with them it is the minimal step
+  within the box face (Foolbox/LTS4 clip after the step and can stall on images with saturated
+  backgrounds, such as Fashion-MNIST's zeros).
 """
 from __future__ import annotations
 
@@ -85,7 +90,7 @@ def _class_gradient_differences(out: torch.Tensor, xa: torch.Tensor, cand: torch
 
 def boundary_distances(model: nn.Module, x: torch.Tensor, *, candidates: int = 10, overshoot: float = 0.02,
                        max_iter: int = 50, batch_size: int = 256, clip: tuple | None = (0.0, 1.0),
-                       grad_mode: str = "loop", device="cpu", progress=None) -> BoundaryResult:
+                       grad_mode: str = "loop", device="cpu", progress=None, box_aware: bool = True) -> BoundaryResult:
     """Minimal L2 boundary distance of every image in ``x`` (uint8 or float ``(N, C, H, W)``).
 
     ``model`` maps the space ``x`` lives in to logits (wrap normalisation in for pixel space).
@@ -94,7 +99,8 @@ def boundary_distances(model: nn.Module, x: torch.Tensor, *, candidates: int = 1
     full and slow samples never run in a near-empty batch. The prediction that detects the crossing
     is the adversarial label, so no extra forward pass is spent on it. Parameters are frozen for the
     duration and restored afterwards; the model is put in eval mode. ``progress`` is an optional
-    tqdm-like object advanced as samples finish.
+    tqdm-like object advanced as samples finish. ``box_aware=False`` gives Foolbox/LTS4 semantics
+    (clip after each step, gradients unmasked).
     """
     if grad_mode not in ("loop", "batched"):
         raise ValueError(f"grad_mode must be 'loop' or 'batched', got {grad_mode!r}")
@@ -156,7 +162,7 @@ def boundary_distances(model: nn.Module, x: torch.Tensor, *, candidates: int = 1
                 # survivors only: finished samples get no further work
                 xa = pool["xa"].detach().requires_grad_(True)
                 out = model(xa)
-            _deepfool_step(out, xa, pool, overshoot, lo, hi, grad_mode)
+            _deepfool_step(out, xa, pool, overshoot, lo, hi, grad_mode, box_aware)
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
@@ -164,13 +170,20 @@ def boundary_distances(model: nn.Module, x: torch.Tensor, *, candidates: int = 1
     return BoundaryResult(distance, adv_label, clean_label, iterations, converged)
 
 
-def _deepfool_step(out, xa, pool, overshoot, lo, hi, grad_mode) -> None:
+def _deepfool_step(out, xa, pool, overshoot, lo, hi, grad_mode, box_aware=True) -> None:
     """One DeepFool update of every sample in ``pool`` (in place)."""
     cand = pool["cand"]
     b, c = cand.shape
     rows = torch.arange(b, device=out.device)
     f_diff = (out[rows[:, None], cand[:, 1:]] - out[rows, cand[:, 0]][:, None]).detach()   # (B, c-1)
     w = _class_gradient_differences(out, xa, cand, grad_mode).detach()                     # (B, c-1, ...)
+    if lo is not None and box_aware:
+        # box-aware step: at pixels already on a bound, drop gradient components that point out of the
+        # box, so the linearised step lands on the boundary within the feasible face instead of being
+        # cancelled by the clip (black backgrounds at 0 otherwise stall DeepFool for dozens of steps)
+        x = pool["xa"].unsqueeze(1)
+        low, high = (lo.unsqueeze(1), hi.unsqueeze(1)) if isinstance(lo, torch.Tensor) else (lo, hi)
+        w = w.masked_fill(((x <= low) & (w < 0)) | ((x >= high) & (w > 0)), 0.0)
     w_norm = w.reshape(b, c - 1, -1).norm(dim=2) + 1e-12
     best = (f_diff.abs() / w_norm).argmin(1)
     step = (f_diff[rows, best].abs() * (1 + 1e-4) + 1e-12) / w_norm[rows, best] ** 2

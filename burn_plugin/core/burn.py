@@ -91,7 +91,8 @@ def analyse_boundary(model: nn.Module, data: BurnData, cfg: BurnConfig, *, devic
     """l(x), adversarial labels etc. of every training sample on ``model`` (cached on disk if asked)."""
     key = None
     if cache_dir is not None:
-        settings = (cfg.candidates, cfg.overshoot, cfg.max_iter, cfg.distance_space, tuple(data.mean), tuple(data.std))
+        settings = (cfg.candidates, cfg.overshoot, cfg.max_iter, cfg.distance_space, cfg.box_aware,
+                    tuple(data.mean), tuple(data.std))
         key = state_hash(model.state_dict(), data.x, extra=repr(settings))
         f = Path(cache_dir) / f"boundary_{key}.pt"
         if f.is_file():
@@ -109,7 +110,7 @@ def analyse_boundary(model: nn.Module, data: BurnData, cfg: BurnConfig, *, devic
     x = data.x if pre is None else _NormalizedView(data.x, pre)
     res = boundary_distances(attacked, x, candidates=cfg.candidates, overshoot=cfg.overshoot, max_iter=cfg.max_iter,
                              batch_size=cfg.boundary_batch_size, clip=clip, grad_mode=cfg.grad_mode, device=device,
-                             progress=progress)
+                             progress=progress, box_aware=cfg.box_aware)
     if key is not None:
         from ..fileio import save_torch
 

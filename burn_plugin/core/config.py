@@ -15,6 +15,10 @@ the rest open; each open choice is a key here, with the default and its reason:
 - ``distance_space = "pixel"``: distances in [0, 1] pixel space with clipping to [0, 1], the space the
   paper's Table 1 magnitudes and every attack library use; ``"input"`` measures in the normalised
   model-input space instead (no clipping).
+- ``box_aware = True``: in pixel space, DeepFool's linear step ignores gradient components that point
+  out of the [0, 1] box at pixels already on a bound. Plain clipping (``False``, Foolbox/LTS4) stalls
+  on images with saturated backgrounds: on our Fashion-MNIST BadNets record it took 26 iterations per
+  sample on average with 21% never crossing, against 2.2 and 0.4% box-aware (256 samples).
 - ``batch_size = 128``: fine-tuning batch (BackdoorBench's attack batch); ``boundary_batch_size = 256``.
 - ``augment = True``: fine-tuning uses the dataset's train augmentation (the issue's and
   BackdoorBench's training convention); scoring always uses the test transform.
@@ -57,6 +61,7 @@ class BurnConfig:
     boundary_batch_size: int = 256
     distance_space: str = "pixel"
     distance_model: str = "frozen"
+    box_aware: bool = True
     grad_mode: str = "loop"
     # scores
     pd_output: str = "softmax"
@@ -118,7 +123,8 @@ class BurnConfig:
         for k, choices in self._CHOICES.items():
             v = getattr(self, k)
             need(v in choices, f"{k} must be one of {', '.join(choices)}, got {v!r}")
-        need(isinstance(self.random_seed, int), f"random_seed must be an integer, got {self.random_seed!r}")
+        need(isinstance(self.random_seed, int) and 0 <= self.random_seed < 2 ** 32,
+             f"random_seed must be an integer in [0, 2**32), got {self.random_seed!r:.60}")
 
 
 def _num(v) -> bool:
@@ -150,6 +156,6 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
             if not isinstance(value, str):
                 raise ValueError
             return value
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} in {source} must be a {type(default).__name__}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{key} in {source} must be a {type(default).__name__}, got {value!r:.60}") from None
     return value

@@ -1,0 +1,117 @@
+"""Baseline defenses written by us (no BackdoorBench code): FT, plain fine-tuning on a clean subset.
+
+FT is BackdoorBench's simplest baseline (``defense/ft.py``): SGD (lr 0.01, momentum 0.9, weight decay
+5e-4, cosine schedule) on ``ratio`` = 5% of ``clean_train`` drawn with the seed (or the BackdoorBench
+``index`` file, one index per line; both keys keep BackdoorBench's names), train augmentation, 100 epochs by default. Its outputs follow BackdoorBench's FT
+(``ft_df.csv`` per epoch, ``ft_df_summary.csv``, ``log/index.txt``).
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .core.config import _coerce, _num
+from .core.tensors import PixelSpaceModel
+from .core.train import NonFiniteLoss, train_epochs
+from .defend import register_defense
+from .errors import BadInputError, ConfigError, EmptySelectionError, NonFiniteLossError
+from .fileio import save_text
+
+
+@dataclass
+class FTConfig:
+    epochs: int = 100
+    lr: float = 0.01
+    sgd_momentum: float = 0.9
+    wd: float = 5e-4
+    batch_size: int = 256
+    ratio: float = 0.05
+    index: str = ""
+    random_seed: int = 0
+
+    def __post_init__(self):
+        if not (isinstance(self.epochs, int) and self.epochs >= 0):
+            raise ConfigError(f"epochs must be an integer >= 0, got {self.epochs!r}")
+        for k in ("lr", "sgd_momentum", "wd"):
+            if not (_num(getattr(self, k)) and getattr(self, k) >= 0):
+                raise ConfigError(f"{k} must be a number >= 0, got {getattr(self, k)!r}")
+        if not (_num(self.ratio) and 0 < self.ratio <= 1):
+            raise ConfigError(f"ratio (share of clean_train used) must lie in (0, 1], got {self.ratio!r}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return list(cls.__dataclass_fields__)
+
+    @classmethod
+    def from_mapping(cls, values: dict, *, source: str = "config") -> "FTConfig":
+        unknown = [k for k in values if k not in cls.__dataclass_fields__]
+        if unknown:
+            raise ConfigError(f"unknown FT setting(s) {', '.join(map(repr, unknown))} in {source}; "
+                              f"known: {', '.join(cls.keys())}")
+        return cls(**{k: _coerce(k, v, cls.__dataclass_fields__[k], source) for k, v in values.items()})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def clean_subset_indices(n: int, ratio: float, seed: int, index_file: str = "") -> np.ndarray:
+    """BackdoorBench's ``choose_index``: ``random.sample(range(n), int(n * ratio))`` after seeding,
+    or the integers in ``index_file`` (one per line)."""
+    if index_file:
+        p = Path(index_file)
+        if not p.is_file():
+            raise BadInputError(f"clean index file not found: {p} (check --index)")
+        try:
+            idx = np.loadtxt(p, dtype=np.int64, ndmin=1)
+        except ValueError:
+            raise BadInputError(f"{p} must hold one integer index per line") from None
+        if len(idx) and (idx.min() < 0 or idx.max() >= n):
+            raise BadInputError(f"{p} has indices outside 0..{n - 1}")
+        return idx
+    k = int(n * ratio)
+    if k <= 0:
+        raise EmptySelectionError(f"ratio {ratio} of {n} samples is 0 samples; raise --ratio")
+    random.seed(seed)
+    return np.asarray(random.sample(range(n), k), dtype=np.int64)
+
+
+@register_defense("ft", FTConfig)
+def _ft(*, record, model, config, device, evaluator, out: Path, resume, progress, extra) -> dict:
+    cfg = config or FTConfig()
+    clean = record.tensors("clean_train")
+    idx = clean_subset_indices(len(clean), cfg.ratio, cfg.random_seed, cfg.index)
+    torch.manual_seed(cfg.random_seed)
+    spec = record.spec
+    pixel = PixelSpaceModel(model, spec.mean3, spec.std3).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.wd)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    history: list[dict] = []
+    timings = {"finetune_s": 0.0, "eval_s": 0.0}
+
+    def on_epoch(rec):
+        t0 = time.time()
+        row = {"epoch": rec["epoch"], "train_epoch_loss_avg_over_batch": rec["train_epoch_loss_avg_over_batch"],
+               "train_acc": rec["train_acc"]}
+        row.update(evaluator(pixel))
+        history.append(row)
+        timings["eval_s"] += time.time() - t0
+
+    t0 = time.time()
+    x, y = clean.x[torch.from_numpy(idx)], clean.label[torch.from_numpy(idx)]
+    try:
+        train_epochs(pixel, x, y, epochs=cfg.epochs, optimizer=opt, scheduler=sched, batch_size=cfg.batch_size,
+                     device=device, hflip=spec.hflip, generator=torch.Generator().manual_seed(cfg.random_seed),
+                     on_epoch=on_epoch)
+    except NonFiniteLoss as exc:
+        raise NonFiniteLossError(f"FT: {exc}; lower --lr") from None
+    timings["finetune_s"] = time.time() - t0 - timings["eval_s"]
+    return {"model": model, "history": history, "timings": timings,
+            "files": {"log/index.txt": lambda p: save_text("\n".join(map(str, idx.tolist())) + "\n", p)},
+            "data_used": f"{cfg.ratio:.0%} clean subset of clean_train ({len(idx)} samples)"}

@@ -1,0 +1,170 @@
+"""ULRL as a second method of ``burn defend`` (``--method ulrl``) and of ``defense/ulrl.py``.
+
+The algorithm is :mod:`burn_plugin.core.ulrl`; this module picks its clean data from an attack record
+and turns the result into the files :func:`burn_plugin.defend.defend` writes
+(``ulrl_df.csv`` with one row per epoch of both phases, ``ulrl_df_summary.csv``, ``defense_result.pt``,
+``run.json``) plus the clean indices.
+
+Clean data (``clean_source``):
+
+- ``clean_train`` (default, the authors' setting): ``ratio`` (1%) of the record's clean training set,
+  drawn as BackdoorBench's ``choose_index`` draws it (``random.sample(range(N), int(N * ratio))`` after
+  seeding Python's ``random`` with ``random_seed``), or the indices in the BackdoorBench ``index`` file
+  (one integer per line). The indices are written to ``index.txt`` (as the authors' code writes
+  ``record/<attack>/defense/ulrl/index.txt``), so ``--index <out>/index.txt`` repeats the draw.
+- ``burn``: no clean data at all: ULRL's "clean" set is BURN's final bottom-k_c selection of the
+  *poisoned* training set with its given labels, read from an existing BURN result's ``scores.npz``
+  (``burn_result``; default ``<attack_folder>/defense/burn/scores.npz``; arrays ``round{t}_clean`` hold
+  positions into ``bd_train``, the largest ``t`` is used). Their positions go to ``burn_clean_index.txt``
+  (positions into ``bd_train``, *not* clean_train indices, hence not ``index.txt``). How many of them
+  are truly poisoned is counted from the record's poison flags, for the report only.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .core.ulrl import ULRLConfig, run_ulrl
+from .defend import register_defense
+from .errors import BadInputError, CorruptFileError, EmptySelectionError
+from .fileio import save_text
+
+log = logging.getLogger("burn.ulrl")
+
+METRICS = ("test_acc", "test_asr", "test_ra", "clean_test_loss_avg_over_batch", "bd_test_loss_avg_over_batch",
+           "ra_test_loss_avg_over_batch")
+
+
+def choose_clean_index(n: int, ratio: float, seed: int, index_file: str = "") -> np.ndarray:
+    """BackdoorBench's ``choose_index``: the integers in ``index_file`` (one per line), else
+    ``random.sample(range(n), int(n * ratio))`` with Python's ``random`` seeded by ``seed`` (a private
+    ``random.Random(seed)`` draws the same sample without touching the global state)."""
+    if index_file:
+        p = Path(index_file).expanduser()
+        if not p.is_file():
+            raise BadInputError(f"clean index file not found: {p} (check --index; it lists clean_train indices, "
+                                f"one per line)")
+        try:
+            idx = np.loadtxt(p, dtype=np.int64, ndmin=1)
+        except ValueError:
+            raise BadInputError(f"{p} must hold one integer index per line (check --index)") from None
+        if len(idx) == 0:
+            raise EmptySelectionError(f"{p} lists no index; ULRL needs a few clean samples")
+        if idx.min() < 0 or idx.max() >= n:
+            raise BadInputError(f"{p} has indices outside 0..{n - 1} (clean_train has {n} samples); was it "
+                                f"written for another dataset?")
+        return idx
+    k = int(n * ratio)
+    if k <= 0:
+        raise EmptySelectionError(f"ratio {ratio} of {n} clean training samples is 0 samples; raise --ratio "
+                                  f"or pass --index")
+    return np.asarray(random.Random(seed).sample(range(n), k), dtype=np.int64)
+
+
+def burn_clean_positions(path: Path, n_train: int, labels: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """``(positions into bd_train, round t)`` of BURN's last bottom-k_c set in ``scores.npz``."""
+    if path.is_dir():
+        path = path / "scores.npz"
+    if not path.is_file():
+        raise BadInputError(f"no BURN result at {path}; run `burn defend` first on this record (or point "
+                            f"--burn_result at a BURN scores.npz)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            rounds = sorted(int(m.group(1)) for k in z.files if (m := re.fullmatch(r"round(\d+)_clean", k)))
+            if not rounds:
+                raise CorruptFileError(f"{path} holds no round<t>_clean arrays; it is not a BURN scores.npz "
+                                       f"(rerun `burn defend`)")
+            t = rounds[-1]
+            pos = np.asarray(z[f"round{t}_clean"]).astype(np.int64).ravel()
+            their_labels = np.asarray(z["label"]) if "label" in z.files else None
+    except (OSError, ValueError, EOFError) as exc:
+        raise CorruptFileError(f"{path} cannot be read as a BURN scores.npz ({exc}); rerun `burn defend`") from None
+    if their_labels is not None and (len(their_labels) != n_train or
+                                     (labels is not None and not np.array_equal(their_labels, labels))):
+        raise BadInputError(f"{path} belongs to another record (its {len(their_labels)} training labels do not "
+                            f"match this record's {n_train}); point --burn_result at this record's BURN result")
+    if len(pos) == 0:
+        raise EmptySelectionError(f"BURN's round {t} clean set in {path} is empty; ULRL needs a few samples")
+    if pos.min() < 0 or pos.max() >= n_train:
+        raise BadInputError(f"{path} has positions outside 0..{n_train - 1} of this record's bd_train; it "
+                            f"belongs to another record")
+    return pos, t
+
+
+def _write_ints(values: np.ndarray):
+    return lambda p: save_text("".join(f"{int(v)}\n" for v in values), p)
+
+
+@register_defense("ulrl", ULRLConfig)
+def _ulrl(*, record, model, config, device, evaluator, out: Path, resume: bool, progress: bool, extra: dict) -> dict:
+    cfg = config or ULRLConfig()
+    if resume:
+        log.warning("ULRL keeps no checkpoints (a run takes minutes); --resume starts it again from the beginning")
+    summary: dict = {"clean_source": cfg.clean_source}
+    files = {}
+    if cfg.clean_source == "burn":
+        bd = record.tensors("bd_train")
+        path = Path(cfg.burn_result).expanduser() if cfg.burn_result else record.folder / "defense" / "burn" / "scores.npz"
+        pos, t = burn_clean_positions(path, len(bd), bd.label.numpy())
+        sel = torch.from_numpy(pos)
+        x, y = bd.x[sel], bd.label[sel]
+        poison = bd.poison[sel].bool()
+        flipped = poison & (bd.label[sel] != bd.original_label[sel])
+        summary.update(burn_result=str(path), burn_round=t, clean_samples=len(pos),
+                       clean_set_poisoned=int(poison.sum()), clean_set_label_flipped=int(flipped.sum()),
+                       clean_set_poison_share=float(poison.float().mean()))
+        files["burn_clean_index.txt"] = _write_ints(pos)
+        data_used = "BURN's bottom-k_c of the poisoned training set (no clean data)"
+    else:
+        clean = record.tensors("clean_train")
+        idx = choose_clean_index(len(clean), cfg.ratio, cfg.random_seed, cfg.index)
+        sel = torch.from_numpy(idx)
+        x, y = clean.x[sel], clean.label[sel]
+        summary.update(clean_samples=len(idx), clean_index_file=cfg.index or None,
+                       clean_set_poisoned=int(clean.poison[sel].bool().sum()))
+        files["index.txt"] = _write_ints(idx)
+        data_used = (f"clean_train samples listed in {cfg.index} ({len(idx)} samples)" if cfg.index else
+                     f"{cfg.ratio * 100:g}% clean subset of clean_train ({len(idx)} samples)")
+    log.info("ULRL clean set: %s", data_used)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.unlearning_epochs + cfg.relearn_epochs, desc="ulrl", unit="epoch", leave=False)
+
+    def on_epoch(row: dict) -> None:
+        log.info("%s epoch %s: %s", row["phase"], row["phase_epoch"], json.dumps(row, default=str))
+        if bar is not None:
+            bar.set_postfix_str(row["phase"])
+            bar.update(1)
+
+    spec = record.spec
+    try:
+        res = run_ulrl(model, x, y, spec.mean3, spec.std3, cfg, evaluate=evaluator, device=device, hflip=spec.hflip,
+                       on_epoch=on_epoch)
+    finally:
+        if bar is not None:
+            bar.close()
+    summary.update(res.summary())
+    target = record.attack_target()
+    summary["attack_target"] = target
+    summary["target_neuron_selected"] = (target in res.neurons) if target is not None else None
+    zs = ", ".join(f"{i} (z {res.z_scores[i]:.2f})" for i in res.neurons) or "none"
+    stop = (f"stopped at epoch {res.stopped_epoch}" if res.stopped_epoch is not None else
+            f"ran all {res.unlearn_epochs_run} epochs without reaching {cfg.clean_threshold}")
+    print(f"ulrl: {data_used}; unlearning {stop} (clean train acc {res.unlearn_final_train_acc:.3f}); "
+          f"suspicious neurons: {zs}")
+    if res.note:
+        print(f"warning: {res.note}", file=sys.stderr)
+    last = res.history[-1] if res.history else {}
+    after = {k: last.get(k) for k in METRICS} if "test_acc" in last else None
+    return {"model": res.model, "history": res.history, "timings": res.timings, "summary": {"ulrl": summary},
+            "after": after, "files": files, "data_used": data_used}

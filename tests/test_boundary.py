@@ -1,0 +1,186 @@
+"""Boundary analysis against closed forms on affine classifiers (paper section 2.3)."""
+import pytest
+import torch
+import torch.nn as nn
+
+from burn_plugin.core.boundary import boundary_distances
+
+
+def affine(num_classes: int, shape=(3, 4, 4), seed=0) -> nn.Module:
+    torch.manual_seed(seed)
+    d = int(torch.tensor(shape).prod())
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, num_classes)).double()
+
+
+def closed_form(model: nn.Module, x: torch.Tensor):
+    """min_k |f_k - f_k0| / ||w_k - w_k0|| and its argmin, for an affine model."""
+    lin = model[1]
+    w, b = lin.weight.detach(), lin.bias.detach()
+    f = x.flatten(1) @ w.T + b
+    k0 = f.argmax(1)
+    rows = torch.arange(len(x))
+    d = (f - f[rows, k0][:, None]).abs() / (w[None] - w[k0][:, None]).norm(dim=2)
+    d[rows, k0] = float("inf")
+    return d.min(1).values, d.argmin(1), k0
+
+
+def test_two_class_distance_is_w_x_plus_b_over_norm_w():
+    model = affine(2, seed=1)
+    x = torch.randn(300, 3, 4, 4, dtype=torch.float64)
+    lin = model[1]
+    w = (lin.weight[1] - lin.weight[0]).detach()
+    b = (lin.bias[1] - lin.bias[0]).detach()
+    expected = (x.flatten(1) @ w + b).abs() / w.norm()
+    res = boundary_distances(model, x, clip=None, overshoot=0.0, batch_size=64)
+    rel = ((res.distance.double() - expected) / expected).abs()
+    assert rel.max() < 0.01
+    assert bool((res.adv_label != res.clean_label).all())
+    assert bool(res.converged.all())
+
+
+@pytest.mark.parametrize("grad_mode", ["loop", "batched"])
+@pytest.mark.parametrize("overshoot", [0.0, 0.02])
+def test_multiclass_distance_and_class_match_closed_form(grad_mode, overshoot):
+    model = affine(7, seed=2)
+    x = torch.randn(257, 3, 4, 4, dtype=torch.float64)
+    dist, kstar, k0 = closed_form(model, x)
+    res = boundary_distances(model, x, clip=None, overshoot=overshoot, batch_size=50, grad_mode=grad_mode)
+    rel = ((res.distance.double() / (1 + overshoot) - dist) / dist).abs()
+    assert rel.max() < 0.01
+    assert bool((res.adv_label == kstar).all())
+    assert bool((res.clean_label == k0).all())
+    assert bool((res.iterations == 1).all())  # an affine model is crossed in one step
+
+
+def test_candidates_restrict_the_search_to_top_classes():
+    model = affine(10, seed=3)
+    x = torch.randn(200, 3, 4, 4, dtype=torch.float64)
+    res = boundary_distances(model, x, clip=None, candidates=2, overshoot=0.0)
+    logits = model(x)
+    second = logits.topk(2, dim=1).indices[:, 1]
+    assert bool((res.adv_label == second).all())
+    full = boundary_distances(model, x, clip=None, candidates=10, overshoot=0.0)
+    assert bool((full.distance <= res.distance + 1e-6).all())  # more candidates never give a larger distance
+
+
+class SlowForSome(nn.Module):
+    """Logit 0 = exp(2 x_0): linearising a convex logit undershoots, so samples far from the boundary
+    need several DeepFool steps and samples near it need one.
+
+    Feature 4 is ignored (zero gradient), so DeepFool never changes it: it tags each sample.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.seen_tags: list[torch.Tensor] = []
+
+    def forward(self, x):
+        f = x.flatten(1)
+        self.seen_tags.append(f[:, 4].detach().clone())
+        z0 = torch.exp(2 * f[:, 0]) + 0.1 * f[:, 1]
+        return torch.stack([z0, torch.ones_like(z0) + 0.1 * f[:, 2], -5 + 0.1 * f[:, 3]], 1)
+
+
+def tagged(n, seed):
+    torch.manual_seed(seed)
+    x = torch.randn(n, 1, 1, 5, dtype=torch.float64)
+    x[:, 0, 0, 0] = torch.linspace(0.2, 4.0, n)[torch.randperm(n)]  # all start in class 0, at varied depth
+    x[:, 0, 0, 4] = torch.arange(n, dtype=torch.float64)
+    return x
+
+
+def test_early_exit_finished_samples_get_no_further_work():
+    model = SlowForSome()
+    x = tagged(40, 0)
+    res = boundary_distances(model, x, clip=None, batch_size=40, max_iter=30)
+    assert int(res.iterations.max()) > int(res.iterations.min()) + 2  # samples finish at different times
+    tags = torch.cat(model.seen_tags)
+    assert torch.equal(tags.unique(), torch.arange(40, dtype=torch.float64))  # the tag survived every step
+    counts = torch.bincount(tags.long(), minlength=40)
+    k = res.iterations
+    # each sample is seen in its k+1 checks plus at most k re-forwards of survivors, never after it left;
+    # without early exit every sample would be seen about 2 * max(k) + 1 times
+    assert bool((counts >= k + 1).all())
+    assert bool((counts <= 2 * k + 1).all())
+    assert int(counts.min()) < 2 * int(k.max()) + 1
+
+
+def test_pool_size_does_not_change_results():
+    inner = SlowForSome()
+    x = tagged(64, 1)
+    a = boundary_distances(inner, x, clip=None, batch_size=64, max_iter=30)
+    b = boundary_distances(inner, x, clip=None, batch_size=5, max_iter=30)
+    assert torch.allclose(a.distance, b.distance, rtol=1e-6)
+    assert torch.equal(a.adv_label, b.adv_label)
+    assert torch.equal(a.iterations, b.iterations)
+
+
+def test_max_iter_reports_not_converged_with_last_norm():
+    class Flat(nn.Module):  # logits never change with the input: no boundary to cross
+        def forward(self, x):
+            return torch.tensor([[2.0, 1.0, 0.0]], dtype=x.dtype).expand(len(x), 3) + 0 * x.flatten(1).sum(1, keepdim=True)
+
+    x = torch.rand(5, 1, 2, 2, dtype=torch.float64)
+    res = boundary_distances(Flat(), x, clip=None, max_iter=7)
+    assert not bool(res.converged.any())
+    assert bool((res.iterations == 7).all())
+    assert bool((res.adv_label == 0).all())
+    assert torch.isfinite(res.distance).all()
+
+
+def test_clip_inactive_inside_the_box_and_binding_at_its_edge():
+    model = affine(5, shape=(3, 4, 4), seed=4)
+    with torch.no_grad():
+        model[1].weight.mul_(20)  # short distances: adversarial points stay well inside [0, 1]
+    x = 0.4 + 0.2 * torch.rand(100, 3, 4, 4, dtype=torch.float64)
+    clipped = boundary_distances(model, x, clip=(0.0, 1.0))
+    free = boundary_distances(model, x, clip=None)
+    assert torch.allclose(clipped.distance, free.distance)
+
+    class OnePixel(nn.Module):  # class 1 iff x > 1.005: the boundary lies outside the pixel box
+        def forward(self, x):
+            v = x.flatten(1)[:, :1]
+            return torch.cat([torch.zeros_like(v), v - 1.005], 1)
+
+    x = torch.full((3, 1, 1, 1), 0.9, dtype=torch.float64)
+    assert bool(boundary_distances(OnePixel(), x, clip=None).converged.all())
+    boxed = boundary_distances(OnePixel(), x, clip=(0.0, 1.0), max_iter=5)
+    assert not bool(boxed.converged.any())
+    assert torch.allclose(boxed.distance, torch.full((3,), 0.1, dtype=torch.float32))
+
+
+def test_uint8_input_is_scaled_to_unit_range():
+    model = affine(4, shape=(3, 2, 2), seed=5).float()
+    x8 = torch.randint(0, 256, (30, 3, 2, 2), dtype=torch.uint8)
+    a = boundary_distances(model, x8, clip=None)
+    b = boundary_distances(model, x8.float() / 255, clip=None)
+    assert torch.allclose(a.distance, b.distance)
+
+
+def test_model_parameters_and_mode_are_restored():
+    model = affine(3)
+    model.train()
+    boundary_distances(model, torch.randn(4, 3, 4, 4, dtype=torch.float64), clip=None)
+    assert model.training
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_box_aware_step_moves_only_free_pixels():
+    """f = x_b - x_a - 0.5 with x_a at the lower bound 0: the minimal step within the box moves x_b only.
+
+    Free-space DeepFool would split the step between x_a (out of the box) and x_b; clipping x_a then
+    cancels half of every step. Within the box the closed form is 0.5 - x_b.
+    """
+    class TwoPixel(nn.Module):
+        def forward(self, x):
+            v = x.flatten(1)
+            f = v[:, 1] - v[:, 0] - 0.5
+            return torch.stack([torch.zeros_like(f), f], 1)
+
+    x = torch.tensor([[0.0, 0.2], [0.0, 0.1], [0.0, 0.45]], dtype=torch.float64).view(3, 1, 1, 2)
+    res = boundary_distances(TwoPixel(), x, clip=(0.0, 1.0), overshoot=0.02)
+    expected = 0.5 - x.flatten(1)[:, 1]
+    assert bool(res.converged.all())
+    assert bool((res.iterations == 1).all())
+    rel = (res.distance.double() / 1.02 - expected).abs() / expected
+    assert rel.max() < 0.01

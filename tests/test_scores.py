@@ -1,0 +1,67 @@
+"""Scores, schedules and selections on hand-made arrays (paper section 5.2)."""
+import pytest
+import torch
+
+from burn_plugin.core.config import BurnConfig
+from burn_plugin.core.scores import (boundary_score, composite_score, count_of, linear_schedule,
+                                     prediction_divergence, select)
+from burn_plugin.errors import ConfigError, EmptySelectionError
+
+
+def test_paper_schedules():
+    cfg = BurnConfig()
+    assert (cfg.rounds, cfg.k_p0, cfg.k_pT, cfg.k_c0, cfg.k_cT, cfg.w0, cfg.wT) == (20, 0.5, 1.0, 2.5, 5.0, 0.3, 0.6)
+    assert (cfg.epochs, cfg.lr, cfg.adam_betas) == (5, 5e-5, (0.9, 0.999))
+    assert linear_schedule(0.5, 1.0, 0, 20) == 0.5
+    assert linear_schedule(0.5, 1.0, 10, 20) == pytest.approx(0.75)
+    assert linear_schedule(0.5, 1.0, 20, 20) == pytest.approx(1.0)
+    assert linear_schedule(0.3, 0.6, 5, 20) == pytest.approx(0.375)
+    assert linear_schedule(2.5, 5.0, 1, 20) == pytest.approx(2.625)
+
+
+def test_bd_is_distance_over_max():
+    bd = boundary_score(torch.tensor([1.0, 2.0, 4.0]))
+    assert torch.allclose(bd, torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64))
+    assert torch.equal(boundary_score(torch.zeros(3)), torch.zeros(3, dtype=torch.float64))
+
+
+def test_pd_is_one_minus_cosine():
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
+    b = torch.tensor([[1.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+    pd = prediction_divergence(a, b)
+    assert torch.allclose(pd, torch.tensor([0.0, 1 - 2 ** -0.5, 1.0], dtype=torch.float64))
+
+
+def test_composite_score_mixes():
+    s = composite_score(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), 0.3)
+    assert torch.allclose(s, torch.tensor([0.7, 0.3]))
+
+
+def test_select_top_and_bottom_disjoint_and_ordered():
+    score = torch.tensor([0.5, 0.9, 0.1, 0.7, 0.3, 0.2, 0.8, 0.0])
+    top, bottom = select(score, 3, 2)
+    assert top.tolist() == [1, 6, 3]
+    assert sorted(bottom.tolist()) == [2, 7]
+    assert not set(top.tolist()) & set(bottom.tolist())
+    with pytest.raises(ConfigError):
+        select(score, 5, 4)
+
+
+def test_counts_round_and_empty_selection_is_an_error():
+    assert count_of(0.5, 60000, "k_p") == 300
+    assert count_of(5.0, 60000, "k_c") == 3000
+    with pytest.raises(EmptySelectionError, match="0 samples"):
+        count_of(0.5, 50, "k_p")
+
+
+def test_config_rejects_unknown_and_bad_values():
+    with pytest.raises(ConfigError, match="'k_q0'"):
+        BurnConfig.from_mapping({"k_q0": 1})
+    with pytest.raises(ConfigError, match="k_p0"):
+        BurnConfig.from_mapping({"k_p0": "lots"})
+    with pytest.raises(ConfigError, match="pd_output"):
+        BurnConfig(pd_output="features")
+    with pytest.raises(ConfigError, match="w0"):
+        BurnConfig(w0=1.5)
+    cfg = BurnConfig.from_mapping({"rounds": "3", "augment": "false", "adam_betas": [0.8, 0.9]})
+    assert (cfg.rounds, cfg.augment, cfg.adam_betas) == (3, False, (0.8, 0.9))
