@@ -7,24 +7,25 @@ FT is BackdoorBench's simplest baseline (``defense/ft.py``): SGD (lr 0.01, momen
 """
 from __future__ import annotations
 
-import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .core.config import _coerce, _num
+from .bench.datasets import choose_clean_index
+from .core.config import ConfigBase, _num
 from .core.tensors import PixelSpaceModel
 from .core.train import NonFiniteLoss, train_epochs
 from .defend import register_defense
-from .errors import BadInputError, ConfigError, EmptySelectionError, NonFiniteLossError
+from .errors import ConfigError, NonFiniteLossError
 from .fileio import save_text
 
 
 @dataclass
-class FTConfig:
+class FTConfig(ConfigBase):
+    label = "FT"
+
     epochs: int = 100
     lr: float = 0.01
     sgd_momentum: float = 0.9
@@ -45,48 +46,12 @@ class FTConfig:
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
 
-    @classmethod
-    def keys(cls) -> list[str]:
-        return list(cls.__dataclass_fields__)
-
-    @classmethod
-    def from_mapping(cls, values: dict, *, source: str = "config") -> "FTConfig":
-        unknown = [k for k in values if k not in cls.__dataclass_fields__]
-        if unknown:
-            raise ConfigError(f"unknown FT setting(s) {', '.join(map(repr, unknown))} in {source}; "
-                              f"known: {', '.join(cls.keys())}")
-        return cls(**{k: _coerce(k, v, cls.__dataclass_fields__[k], source) for k, v in values.items()})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def clean_subset_indices(n: int, ratio: float, seed: int, index_file: str = "") -> np.ndarray:
-    """BackdoorBench's ``choose_index``: ``random.sample(range(n), int(n * ratio))`` after seeding,
-    or the integers in ``index_file`` (one per line)."""
-    if index_file:
-        p = Path(index_file)
-        if not p.is_file():
-            raise BadInputError(f"clean index file not found: {p} (check --index)")
-        try:
-            idx = np.loadtxt(p, dtype=np.int64, ndmin=1)
-        except ValueError:
-            raise BadInputError(f"{p} must hold one integer index per line") from None
-        if len(idx) and (idx.min() < 0 or idx.max() >= n):
-            raise BadInputError(f"{p} has indices outside 0..{n - 1}")
-        return idx
-    k = int(n * ratio)
-    if k <= 0:
-        raise EmptySelectionError(f"ratio {ratio} of {n} samples is 0 samples; raise --ratio")
-    random.seed(seed)
-    return np.asarray(random.sample(range(n), k), dtype=np.int64)
-
 
 @register_defense("ft", FTConfig)
 def _ft(*, record, model, config, device, evaluator, out: Path, resume, progress, extra) -> dict:
     cfg = config or FTConfig()
     clean = record.tensors("clean_train")
-    idx = clean_subset_indices(len(clean), cfg.ratio, cfg.random_seed, cfg.index)
+    idx = choose_clean_index(len(clean), cfg.ratio, cfg.random_seed, cfg.index)
     torch.manual_seed(cfg.random_seed)
     spec = record.spec
     pixel = PixelSpaceModel(model, spec.mean3, spec.std3).to(device)

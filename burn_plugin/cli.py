@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import BadInputError, BurnError
+from .errors import BadInputError, run_reporting_errors
 
 SUBCOMMANDS: dict[str, "tuple"] = {}
 
@@ -157,6 +157,10 @@ def cmd_defend(args) -> int:
     if not folder:
         raise BadInputError("no record given; pass --attack_folder PATH (the folder holding attack_result.pt)")
     folder = resolve_attack_folder(folder)
+    if getattr(args, "dataset", None):
+        from .bench.datasets import get_spec
+
+        get_spec(args.dataset)  # an unknown name is the first thing to report
     yaml_path = args.yaml_path or default_yaml(method, getattr(args, "dataset", None) or record_dataset(folder))
     merged = load_yaml(yaml_path) if yaml_path else {}
     from .defend import CONFIGS
@@ -256,17 +260,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        return int(args._fn(args) or 0)
-    except BurnError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; files already written are complete (results are written atomically)",
-              file=sys.stderr)
-        return 130
+    return run_reporting_errors(lambda: args._fn(args), debug=args.debug)
 
 
 if __name__ == "__main__":

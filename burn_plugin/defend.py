@@ -10,9 +10,10 @@ into ``<attack_folder>/defense/<method>/``:
 - ``detection_info.csv``: BackdoorBench's detection format (all poison / label-flipped poison);
 - ``scores.npz``: l(x), adversarial labels, BD, PD, S and the selections, for plots;
 - ``run.json``: config, versions, device, seed, timings, metrics, detection report;
-- ``log/<timestamp>.log``.
+- ``log/<timestamp>.log``; and, for BURN, ROC / distance-histogram / per-round plots (PNG and PDF).
 
-Every file is written atomically. An existing result is never replaced unless ``overwrite``.
+Every file is written atomically, ``defense_result.pt`` last, so its presence marks a finished run.
+An existing result is never replaced unless ``overwrite``.
 """
 from __future__ import annotations
 
@@ -102,6 +103,16 @@ def setup_logger(out: Path) -> tuple[logging.Handler, Path]:
     return handler, path
 
 
+def _plots(out: Path) -> None:
+    """ROC, distance histogram and per-round curves beside the results; a plotting failure only warns."""
+    try:
+        from .report.plots import plot_defense_folder
+
+        plot_defense_folder(out)
+    except Exception as exc:  # noqa: BLE001 - plots are a convenience, never a reason to lose results
+        log.warning("plots were not written (%s: %s)", type(exc).__name__, exc)
+
+
 def versions() -> dict:
     import torchvision
 
@@ -125,7 +136,8 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
            overwrite: bool = False, resume: bool = False, progress: bool = True, run_info: dict | None = None,
            extra: dict | None = None) -> dict:
     """Defend one record; returns the summary also written to ``run.json``."""
-    config_class(method)  # validates the name (and loads registered methods)
+    cls = config_class(method)  # validates the name and loads the registered methods
+    config = config if config is not None else cls()
     device = resolve_device(device)
     record = load_record(attack_folder, trusted=trusted, dataset=dataset, dataset_path=dataset_path)
     model = record.build_model(model_name)
@@ -147,8 +159,6 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
                                    out=out, resume=resume, progress=progress, extra=extra or {})
         final_model = outcome["model"].cpu()
         after = outcome.get("after") or evaluator(PixelSpaceModel(final_model, spec.mean3, spec.std3).to(device))
-        save_torch({"model_name": model_name or record.model_name, "num_classes": record.num_classes,
-                    "model": final_model.state_dict()}, out / "defense_result.pt")
         rows = [as_metric_row(r) for r in outcome["history"]]
         import pandas as pd
 
@@ -171,6 +181,10 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
         summary.update(outcome.get("summary", {}))
         summary.update(run_info or {})
         save_json(summary, out / "run.json")
+        _plots(out)
+        # written last: its presence marks a finished run (the overwrite check and `burn compare` rely on it)
+        save_torch({"model_name": model_name or record.model_name, "num_classes": record.num_classes,
+                    "model": final_model.state_dict()}, out / "defense_result.pt")
         log.info("after: %s", json.dumps(after))
         return summary
     finally:

@@ -7,6 +7,9 @@ pass), 1 for a runtime failure. ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class BurnError(Exception):
     """Base of every error the plugin raises deliberately."""
@@ -66,3 +69,19 @@ class OutputNotWritableError(BurnError):
 
 class NonFiniteLossError(BurnError):
     """The training loss became NaN or Inf."""
+
+
+def run_reporting_errors(fn: Callable[[], int | None], *, debug: bool = False) -> int:
+    """Run ``fn``; a :class:`BurnError` becomes one ``error: ...`` line on stderr and its exit code
+    (the traceback only with ``debug``); Ctrl-C exits 130 with a note that written files are whole."""
+    try:
+        return int(fn() or 0)
+    except BurnError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; files already written are complete (results are written atomically)",
+              file=sys.stderr)
+        return 130

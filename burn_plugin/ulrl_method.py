@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bench.datasets import choose_clean_index
 from .core.ulrl import ULRLConfig, run_ulrl
 from .defend import register_defense
 from .errors import BadInputError, CorruptFileError, EmptySelectionError
@@ -40,32 +40,6 @@ log = logging.getLogger("burn.ulrl")
 
 METRICS = ("test_acc", "test_asr", "test_ra", "clean_test_loss_avg_over_batch", "bd_test_loss_avg_over_batch",
            "ra_test_loss_avg_over_batch")
-
-
-def choose_clean_index(n: int, ratio: float, seed: int, index_file: str = "") -> np.ndarray:
-    """BackdoorBench's ``choose_index``: the integers in ``index_file`` (one per line), else
-    ``random.sample(range(n), int(n * ratio))`` with Python's ``random`` seeded by ``seed`` (a private
-    ``random.Random(seed)`` draws the same sample without touching the global state)."""
-    if index_file:
-        p = Path(index_file).expanduser()
-        if not p.is_file():
-            raise BadInputError(f"clean index file not found: {p} (check --index; it lists clean_train indices, "
-                                f"one per line)")
-        try:
-            idx = np.loadtxt(p, dtype=np.int64, ndmin=1)
-        except ValueError:
-            raise BadInputError(f"{p} must hold one integer index per line (check --index)") from None
-        if len(idx) == 0:
-            raise EmptySelectionError(f"{p} lists no index; ULRL needs a few clean samples")
-        if idx.min() < 0 or idx.max() >= n:
-            raise BadInputError(f"{p} has indices outside 0..{n - 1} (clean_train has {n} samples); was it "
-                                f"written for another dataset?")
-        return idx
-    k = int(n * ratio)
-    if k <= 0:
-        raise EmptySelectionError(f"ratio {ratio} of {n} clean training samples is 0 samples; raise --ratio "
-                                  f"or pass --index")
-    return np.asarray(random.Random(seed).sample(range(n), k), dtype=np.int64)
 
 
 def burn_clean_positions(path: Path, n_train: int, labels: np.ndarray | None = None) -> tuple[np.ndarray, int]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from burn_plugin.cli import main
-from conftest import N_TEST, N_TRAIN, build_hand_record, small_state_dict
+from conftest import N_TEST, N_TRAIN, small_state_dict
 from synthetic import make_mnist_layout
 
 

@@ -1,7 +1,6 @@
 """Dataset loaders on synthetic BackdoorBench layouts (interface.md 3.1/3.2), transforms, missing data."""
 from __future__ import annotations
 
-import gzip
 import os
 
 import numpy as np

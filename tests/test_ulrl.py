@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import subprocess
@@ -29,6 +30,15 @@ METRICS = ["test_acc", "test_asr", "test_ra", "clean_test_loss_avg_over_batch", 
            "ra_test_loss_avg_over_batch"]
 # a few epochs only: the record has 40 training images
 FAST = ["--unlearning_epochs", "3", "--relearn_epochs", "2", "--ratio", "0.25", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is ~100x faster than two on a shared, busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def weights_with_changes(changes, width: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,27 +156,31 @@ def test_unlearning_runs_every_epoch_when_accuracy_stays_above_the_threshold():
     assert [r["lr"] for r in hist] == pytest.approx([0.01, 0.01, 0.001, 0.0001, 0.0001])
 
 
-def small_classifier(seed: int = 0):
-    """A linear softmax classifier trained to high accuracy on separable 3x2x2 'images'."""
+def small_classifier(seed: int = 0, steps: int = 150):
+    """A small MLP trained (``steps`` Adam steps) to high accuracy on 10 separable classes of 3x2x2 'images'."""
     g = torch.Generator().manual_seed(seed)
-    y = torch.arange(60) % 3
-    centers = torch.rand(3, 12, generator=g)
-    x = (centers[y] + 0.05 * torch.randn(60, 12, generator=g)).clamp(0, 1).view(60, 3, 2, 2)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
+    y = torch.arange(100) % 10
+    centers = torch.rand(10, 12, generator=g)
+    x = (centers[y] + 0.02 * torch.randn(100, 12, generator=g)).clamp(0, 1).view(100, 3, 2, 2)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 10))
+    if not steps:
+        return model, x, y
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(150):
+    for _ in range(steps):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
-    assert (model(x).argmax(1) == y).float().mean() > 0.95
+    assert steps < 100 or (model(x).argmax(1) == y).float().mean() > 0.95
     return model, x, y
 
 
 def test_unlearning_is_gradient_ascent_with_clipping_and_leaves_the_input_model_alone():
-    model, x, y = small_classifier()
+    model, x, y = small_classifier(steps=0)  # untrained: large gradients
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loss0 = F.cross_entropy(model(x), y).item()
-    one_step = dict(unlearning_epochs=1, sgd_momentum=0.0, wd=0.0, unlearning_lr=0.1, clean_threshold=0.0)
+    one_step = dict(unlearning_epochs=1, sgd_momentum=0.0, wd=0.0, unlearning_lr=0.1, clean_threshold=0.0,
+                    batch_size=128)  # one batch: one step
     small, _, _ = unlearn(model, x, y, fast_cfg(grad_clip_norm=0.01, **one_step))
     free, _, _ = unlearn(model, x, y, fast_cfg(grad_clip_norm=0.0, **one_step))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
@@ -179,8 +193,8 @@ def test_unlearning_is_gradient_ascent_with_clipping_and_leaves_the_input_model_
 
 
 def test_unlearning_a_trained_model_reaches_the_threshold():
-    model, x, y = small_classifier()
-    _, hist, stopped = unlearn(model, x, y, fast_cfg(unlearning_lr=0.05))
+    model, x, y = small_classifier(steps=20)  # (a very confident model barely moves: CE gradients vanish)
+    _, hist, stopped = unlearn(model, x, y, fast_cfg(batch_size=16))
     assert stopped is not None and stopped <= 20
     assert hist[-1]["train_acc"] <= 0.2 and all(r["train_acc"] > 0.2 for r in hist[:-1])
 
@@ -198,7 +212,7 @@ def test_relearn_reinitialises_only_the_chosen_rows():
     assert torch.equal(new.weight[1], lin.weight[1]) and new.bias[1] == lin.bias[1]
     for r in (0, 2):
         assert not torch.equal(new.weight[r], lin.weight[r])
-        assert float(new.weight[r].abs().max()) <= bound and new.bias[r] == 0
+        assert float(new.weight.detach()[r].abs().max()) <= bound and float(new.bias.detach()[r]) == 0
     assert torch.equal(out[1].weight, model[1].weight)
     same, _ = relearn(model, [0, 2], x, y, fast_cfg(relearn_epochs=0, init=False))
     assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), model.state_dict().values()))
@@ -220,7 +234,7 @@ def test_run_ulrl_reports_no_neuron_plainly():
     assert res.summary()["neuron_note"] == res.note
     assert [r["phase"] for r in res.history] == ["unlearn", "unlearn", "relearn"]
     assert [r["epoch"] for r in res.history] == [1, 2, 3]
-    assert res.linear_name == "3" and len(res.z_scores) == 3
+    assert res.linear_name == "3" and len(res.z_scores) == 10
     assert isinstance(res.model, nn.Sequential)  # the classifier itself, not the pixel-space wrapper
 
 
@@ -315,7 +329,7 @@ def test_ratio_stays_ignored_for_burn():
     from burn_plugin.core.config import BurnConfig
     from burn_plugin.settings import split_settings
 
-    _, _, ignored = split_settings({"ratio": 0.01, "index": None}, source="x", config_cls=BurnConfig)
+    _, _, ignored = split_settings({"ratio": 0.01, "index": "idx.txt"}, source="x", config_cls=BurnConfig)
     assert ignored == ["index", "ratio"]
 
 
@@ -343,7 +357,7 @@ def test_defend_writes_backdoorbench_files(attack_record, tmp_path, capsys):
 
     run = json.loads((out / "run.json").read_text())
     u = run["ulrl"]
-    df = pd.read_csv(out / "ulrl_df.csv")
+    df = pd.read_csv(out / "ulrl_df.csv", index_col=0)
     assert list(df.columns[:4]) == ["epoch", "phase", "phase_epoch", "lr"] and set(METRICS) <= set(df.columns)
     assert list(df["phase"]) == ["unlearn"] * u["unlearn_epochs_run"] + ["relearn"] * 2
     assert df["epoch"].tolist() == list(range(1, len(df) + 1))
@@ -430,7 +444,8 @@ def test_register_installs_and_removes_ulrl(attack_record, tmp_path, capsys):
 
     proc = subprocess.run([sys.executable, "defense/ulrl.py", "--attack_folder", "badnet_0_1", "--dataset", "mnist",
                            "--yaml_path", "config/defense/ulrl/config.yaml", *FAST, "-q"],
-                          cwd=root, capture_output=True, text=True, timeout=300)
+                          cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     assert "ulrl on" in proc.stdout and "after:" in proc.stdout
     out = root / "record" / "badnet_0_1" / "defense" / "ulrl"

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.records import record_dataset, resolve_attack_folder
-from ..errors import BadInputError, BurnError, OutputExistsError, RecordNotFoundError
+from ..errors import BadInputError, OutputExistsError, run_reporting_errors
 from ..settings import IGNORED_BB_KEYS, RUN_KEYS, add_algorithm_flags, load_yaml, split_settings
 
 METHOD = "burn"
@@ -225,7 +225,9 @@ class Burn:
 
     def mitigation(self) -> dict:
         """Run BURN on the record and write every result file; returns the run summary."""
-        from ..defend import defend
+        from ..defend import config_class, defend
+
+        config_class(self.name)  # imports the module that registers the method (ULRL's) with burn_plugin.defend
 
         if self.attack_folder is None:
             raise BadInputError("no record given; pass --attack_folder NAME (a folder under record/) or call "
@@ -316,23 +318,15 @@ def main(argv=None, cls: type = Burn) -> int:
     exit 2 (bad input) or 1 on failure."""
     args = build_parser(cls=cls).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
+
+    def run() -> int:
         if not (args.result_file or getattr(args, "attack_folder", None)):
             raise BadInputError("no record given; pass --attack_folder NAME (a folder under record/, or a path)")
-        summary = make_defense_class(cls=cls)(args).defense()
-    except BurnError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; files already written are complete (results are written atomically)",
-              file=sys.stderr)
-        return 130
-    from ..defend import print_summary
+        from ..defend import print_summary
 
-    print_summary(summary)
-    return 0
+        print_summary(make_defense_class(cls=cls)(args).defense())
+        return 0
+    return run_reporting_errors(run, debug=args.debug)
 
 
 def ulrl_main(argv=None) -> int:

@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from ..settings import package_data_dir

@@ -16,6 +16,7 @@ normalises on tensors (:mod:`burn_plugin.core.augment`).
 from __future__ import annotations
 
 import csv
+import random
 import gzip
 import os
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import DataNotFoundError, UnknownNameError
+from ..errors import BadInputError, DataNotFoundError, EmptySelectionError, UnknownNameError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -368,3 +369,29 @@ def to_uint8_tensor(raw, spec: DatasetSpec, indices: Sequence[int] | None = None
     for j, i in enumerate(idx):
         out[j] = pil_to_uint8(raw[i][0], spec)
     return torch.from_numpy(out)
+
+
+def choose_clean_index(n: int, ratio: float, seed: int, index_file: str = "") -> np.ndarray:
+    """BackdoorBench's ``choose_index``: the integers in ``index_file`` (one per line), else
+    ``random.sample(range(n), int(n * ratio))`` with Python's ``random`` seeded by ``seed`` (a private
+    ``random.Random(seed)`` draws the same sample without touching the global state)."""
+    if index_file:
+        p = Path(index_file).expanduser()
+        if not p.is_file():
+            raise BadInputError(f"clean index file not found: {p} (check --index; it lists clean_train indices, "
+                                f"one per line)")
+        try:
+            idx = np.loadtxt(p, dtype=np.int64, ndmin=1)
+        except ValueError:
+            raise BadInputError(f"{p} must hold one integer index per line (check --index)") from None
+        if len(idx) == 0:
+            raise EmptySelectionError(f"{p} lists no index; a defense needs a few clean samples")
+        if idx.min() < 0 or idx.max() >= n:
+            raise BadInputError(f"{p} has indices outside 0..{n - 1} (clean_train has {n} samples); was it "
+                                f"written for another dataset?")
+        return idx
+    k = int(n * ratio)
+    if k <= 0:
+        raise EmptySelectionError(f"ratio {ratio} of {n} clean training samples is 0 samples; raise --ratio "
+                                  f"or pass --index")
+    return np.asarray(random.Random(seed).sample(range(n), k), dtype=np.int64)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import (BurnError, CorruptFileError, DataNotFoundError, RecordNotFoundError, ShapeMismatchError,
+from ..errors import (BurnError, CorruptFileError, RecordNotFoundError, ShapeMismatchError,
                       UnknownNameError)
 from ..fileio import load_settings_file, save_torch, torch_load
 from . import datasets as D

@@ -18,7 +18,7 @@ import copy
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -196,6 +196,7 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
     pd = torch.zeros(n, dtype=torch.float64)
     score = bd.clone()
     stopped = None
+    opt = None
     rounds_bar = tqdm(range(start_round, cfg.rounds + 1), desc="BURN rounds", disable=not progress,
                       initial=start_round, total=cfg.rounds + 1)
     for t in rounds_bar:
@@ -219,7 +220,8 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
         before = copy.deepcopy(model.state_dict())
         t0 = time.time()
         gen = torch.Generator().manual_seed(cfg.random_seed * 1_000_003 + t)
-        opt = _optimizer(model, cfg) if (cfg.reset_optimizer or t == start_round) else opt  # noqa: F821
+        if cfg.reset_optimizer or opt is None:
+            opt = _optimizer(model, cfg)
         try:
             hist = train_epochs(pixel_model, data.x[idx], labels, epochs=cfg.epochs, optimizer=opt,
                                 batch_size=cfg.batch_size, device=device, augment_padding=4 if cfg.augment else 0,

@@ -30,14 +30,46 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import ConfigError
 
 
+class ConfigBase:
+    """Shared behaviour of the methods' config dataclasses (BURN, FT, ULRL): field names are the YAML
+    keys and flags; ``from_mapping`` rejects unknown keys and converts types with one clear error."""
+
+    label = "BURN"
+    _OPTIONAL_STR: tuple = ()  # string keys where YAML null / "None" mean "not given"
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], *, source: str = "config"):
+        """Build from a dict, rejecting unknown keys and converting types with one clear error."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source} must be a mapping of {cls.label} settings, got {type(values).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            raise ConfigError(f"unknown {cls.label} setting(s) {', '.join(map(repr, unknown))} in {source}; "
+                              f"known: {', '.join(known)}")
+        kwargs = {}
+        for k, v in values.items():
+            if k in cls._OPTIONAL_STR and (v is None or (isinstance(v, str) and v.strip().lower() in ("none", "null"))):
+                v = ""
+            kwargs[k] = _coerce(k, v, known[k], source)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
 @dataclass
-class BurnConfig:
+class BurnConfig(ConfigBase):
     # schedule (paper)
     rounds: int = 20
     k_p0: float = 0.5
@@ -74,28 +106,6 @@ class BurnConfig:
 
     def __post_init__(self):
         self.validate()
-
-    @classmethod
-    def keys(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    @classmethod
-    def from_mapping(cls, values: dict[str, Any], *, source: str = "config") -> "BurnConfig":
-        """Build from a dict, rejecting unknown keys and converting types with one clear error."""
-        if not isinstance(values, dict):
-            raise ConfigError(f"{source} must be a mapping of BURN settings, got {type(values).__name__}")
-        known = {f.name: f for f in fields(cls)}
-        unknown = [k for k in values if k not in known]
-        if unknown:
-            raise ConfigError(f"unknown BURN setting(s) {', '.join(map(repr, unknown))} in {source}; "
-                              f"known: {', '.join(known)}")
-        kwargs = {k: _coerce(k, v, known[k], source) for k, v in values.items()}
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["adam_betas"] = list(d["adam_betas"])
-        return d
 
     def validate(self) -> None:
         def need(cond, msg):

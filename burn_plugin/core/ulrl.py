@@ -42,11 +42,10 @@ Usage::
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -54,7 +53,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, NonFiniteLossError, ShapeMismatchError
-from .config import _coerce, _num
+from .config import ConfigBase, _num
 from .tensors import PixelSpaceModel, augment, to_float
 
 log = logging.getLogger("burn.core.ulrl")
@@ -65,7 +64,7 @@ MAD_SCALE = 1.4826
 
 # ------------------------------------------------------------------------------------------------
 @dataclass
-class ULRLConfig:
+class ULRLConfig(ConfigBase):
     """Every ULRL setting; defaults are the authors' CIFAR-10 values (``config/defense/ulrl/cifar10.yaml``
     and the constants hard-coded in their ``defense/ulrl.py`` / ``utils/trainer_cls.py``).
 
@@ -104,37 +103,12 @@ class ULRLConfig:
     random_seed: int = 0
     eval_every_epoch: bool = True   # ACC/ASR/RA after every epoch of both phases (reporting only)
 
+    label = "ULRL"
     _CHOICES = {"clean_source": ("clean_train", "burn")}
     _OPTIONAL_STR = ("index", "burn_result")  # YAML null / "None" mean "not given"
 
     def __post_init__(self):
         self.validate()
-
-    @classmethod
-    def keys(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    @classmethod
-    def from_mapping(cls, values: dict[str, Any], *, source: str = "config") -> "ULRLConfig":
-        """Build from a dict, rejecting unknown keys and converting types with one clear error."""
-        if not isinstance(values, dict):
-            raise ConfigError(f"{source} must be a mapping of ULRL settings, got {type(values).__name__}")
-        known = {f.name: f for f in fields(cls)}
-        unknown = [k for k in values if k not in known]
-        if unknown:
-            raise ConfigError(f"unknown ULRL setting(s) {', '.join(map(repr, unknown))} in {source}; "
-                              f"known: {', '.join(known)}")
-        kwargs = {}
-        for k, v in values.items():
-            if k in cls._OPTIONAL_STR and (v is None or (isinstance(v, str) and v.strip().lower() in ("none", "null"))):
-                v = ""
-            kwargs[k] = _coerce(k, v, known[k], source)
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["steplr_milestones"] = list(d["steplr_milestones"])
-        return d
 
     def validate(self) -> None:
         def need(cond, msg):

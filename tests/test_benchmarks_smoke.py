@@ -1,0 +1,68 @@
+"""The benchmark scripts run end to end on a tiny hand-built record (seconds, peers optional)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_stratified_sample_and_agreement():
+    bs = _load("boundary_speed")
+    poison = torch.zeros(100, dtype=torch.bool)
+    poison[:10] = True
+    idx = bs.stratified_sample(poison, 20, 0.25, seed=1)
+    assert len(idx) == 20 and len(set(idx.tolist())) == 20 and int(poison[idx].sum()) == 5
+    assert torch.equal(idx, bs.stratified_sample(poison, 20, 0.25, seed=1))
+    ref = {"distance": torch.tensor([1.0, 2.0]), "adv_label": torch.tensor([1, 2]), "converged": torch.tensor([True, False])}
+    other = {"distance": torch.tensor([1.1, 2.0]), "adv_label": torch.tensor([1, 3]), "converged": torch.tensor([True, True])}
+    a = bs.agreement(ref, other)
+    assert a["same_adv_label"] == 0.5 and a["same_adv_label_both_converged"] == 1.0 and a["both_converged"] == 0.5
+    assert abs(a["median_rel_diff_both_converged"] - 0.1) < 1e-6
+
+
+def test_counter_counts_rows():
+    bs = _load("boundary_speed")
+    model = bs.Counted(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)))
+    x = torch.rand(5, 3, 2, 2, requires_grad=True)
+    out = model(x)
+    torch.autograd.grad(out[:, 0].sum(), x, retain_graph=True)
+    torch.autograd.grad(out[:, 1].sum(), x)
+    assert (model.forward_rows, model.forward_calls, model.backward_rows, model.backward_calls) == (5, 1, 10, 2)
+
+
+def test_boundary_speed_runs(hand_record, tmp_path, capsys):
+    bs = _load("boundary_speed")
+    out = tmp_path / "bs.json"
+    rc = bs.main(["--record", str(hand_record.folder), "-n", "8", "--ta-n", "2", "--repeat", "1",
+                  "--batch-size", "4", "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    for key in ("throughput", "speed-up", "agreement with ours", "each setting's effect"):
+        assert key in text
+    d = json.loads(out.read_text())
+    assert d["runs"]["ours box_aware=False"]["n"] == 8
+    assert d["agreement"]["ours batched box_aware=False"]["median_rel_diff"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_end_to_end_record_and_tiny(hand_record, capsys):
+    e2e = _load("burn_end_to_end")
+    before = sorted(p.name for p in hand_record.folder.iterdir())
+    assert e2e.main(["--record", str(hand_record.folder), "--rounds", "1", "--epochs", "1", "--train-subset", "0",
+                     "--threads", "1", "--set", "k_p0=5", "--set", "k_pT=5", "--set", "k_c0=10",
+                     "--set", "k_cT=10"]) == 0
+    assert sorted(p.name for p in hand_record.folder.iterdir()) == before  # the record is never written to
+    assert e2e.main(["--synthetic-tiny", "--tiny-n", "300", "--tiny-slice", "4", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "boundary_s" in text and "peak RSS" in text and "predict over 300" in text

@@ -1,0 +1,151 @@
+"""BURN's two-phase loop: selections, determinism, resume after an interruption, NaN handling."""
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+import pytest
+import torch
+
+from burn_plugin.bench.models import build_model
+from burn_plugin.core.burn import BurnData, run_burn
+from burn_plugin.core.config import BurnConfig
+from burn_plugin.errors import EmptySelectionError
+
+from synthetic import class_images
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+@pytest.fixture(scope="module")
+def small_problem():
+    x, y = class_images(200, 12, 12, 3, 4, seed=3)
+    torch.manual_seed(0)
+    model = build_model("smallresnet", 4)
+    return model, BurnData(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y), MEAN, STD)
+
+
+def cfg(**kw):
+    base = dict(rounds=3, epochs=1, k_p0=5, k_pT=10, k_c0=10, k_cT=20, batch_size=32, boundary_batch_size=64,
+                max_iter=10, lr=1e-3)
+    base.update(kw)
+    return BurnConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def reference_run(small_problem):
+    model, data = small_problem
+    return run_burn(copy.deepcopy(model), data, cfg(), progress=False)
+
+
+def test_selection_sizes_follow_the_schedule_and_phase1_ranks_by_distance(small_problem, reference_run):
+    model, data = small_problem
+    res = reference_run
+    assert [len(s.poison) for s in res.selections] == [10, 13, 17, 20]   # round(200 * k_p^t %)
+    assert [len(s.clean) for s in res.selections] == [0, 27, 33, 40]     # round(200 * k_c^t %); none in phase 1
+    top = torch.argsort(res.boundary.distance, descending=True, stable=True)[:10]
+    assert sorted(res.selections[0].poison.tolist()) == sorted(top.tolist())
+    for s in res.selections[1:]:
+        assert not set(s.poison.tolist()) & set(s.clean.tolist())
+    assert [h["round"] for h in res.history] == [0, 1, 2, 3]
+    # relabelled samples get the adversarial label: the count of changed labels is reported per round
+    s0 = res.selections[0].poison
+    assert res.history[0]["n_relabelled"] == int((res.boundary.adv_label[s0] != data.y[s0]).sum())
+
+
+def test_same_seed_same_device_gives_identical_scores_selections_and_weights(small_problem, reference_run):
+    model, data = small_problem
+    a = reference_run
+    b = run_burn(copy.deepcopy(model), data, cfg(), progress=False)
+    assert torch.equal(a.boundary.distance, b.boundary.distance)
+    assert torch.equal(a.final_score, b.final_score)
+    for sa, sb in zip(a.selections, b.selections):
+        assert torch.equal(sa.poison, sb.poison) and torch.equal(sa.clean, sb.clean)
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+    c = run_burn(copy.deepcopy(model), data, cfg(random_seed=1), progress=False)
+    assert any(not torch.equal(va, vc) for va, vc in zip(a.model.state_dict().values(), c.model.state_dict().values()))
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(small_problem, reference_run, tmp_path):
+    model, data = small_problem
+    full = reference_run
+
+    class Killed(Exception):
+        pass
+
+    def stop_after_round_1(row):
+        if row["round"] == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_burn(copy.deepcopy(model), data, cfg(), progress=False, checkpoint_dir=tmp_path, on_round=stop_after_round_1)
+    assert (tmp_path / "last.pt").is_file()
+    resumed = run_burn(copy.deepcopy(model), data, cfg(), progress=False, checkpoint_dir=tmp_path, resume=True)
+    assert [h["round"] for h in resumed.history] == [0, 1, 2, 3]
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert torch.equal(full.final_score, resumed.final_score)
+
+
+def test_nan_loss_stops_and_keeps_last_good_round(small_problem):
+    model, data = small_problem
+    res = run_burn(copy.deepcopy(model), data, cfg(lr=1e30, rounds=2), progress=False)
+    assert res.stopped_early is not None and "kept the model of round" in res.stopped_early
+    assert all(torch.isfinite(v).all() for v in res.model.state_dict().values() if v.is_floating_point())
+    assert res.completed_rounds == len(res.history) < 4
+
+
+def test_empty_selection_fails_before_any_work(small_problem):
+    model, data = small_problem
+    with pytest.raises(EmptySelectionError):
+        run_burn(copy.deepcopy(model), data, cfg(k_p0=0.1), progress=False)
+
+
+def test_poison_flags_are_not_an_input():
+    import inspect
+
+    params = inspect.signature(run_burn).parameters
+    assert not any("poison" in p or "flag" in p for p in params)
+    assert set(BurnData.__dataclass_fields__) == {"x", "y", "mean", "std", "hflip"}
+
+
+@pytest.fixture(scope="module")
+def tiny_record(tmp_path_factory):
+    from burn_plugin.bench.attacks import AttackSettings, run_attack
+    from synthetic import make_mnist_layout
+
+    root = tmp_path_factory.mktemp("killbb")
+    make_mnist_layout(root / "data" / "mnist", n_train=200, n_test=40, seed=0)
+    folder = root / "record" / "badnet_kill"
+    run_attack(AttackSettings(dataset="mnist", model="smallresnet", epochs=1, batch_size=32,
+                              dataset_path=str(root / "data")), folder, progress=False)
+    return folder
+
+
+@pytest.mark.skipif(os.name != "posix", reason="uses SIGKILL")
+def test_killed_cli_run_resumes_to_the_same_result(tiny_record, tmp_path):
+    """Kill a real `burn defend` process after its first round checkpoint; --resume finishes it."""
+    args = [sys.executable, "-m", "burn_plugin", "-q", "defend", "--attack_folder", str(tiny_record),
+            "--rounds", "3", "--epochs", "3", "--k_p0", "2", "--k_pT", "4", "--k_c0", "10", "--k_cT", "20",
+            "--max_iter", "5", "--lr", "0.001"]
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    subprocess.run(args + ["--output_dir", str(ref_dir)], check=True, capture_output=True, timeout=600)
+    proc = subprocess.Popen(args + ["--output_dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = run_dir / "checkpoint" / "last.pt"
+    deadline = time.time() + 600
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (run_dir / "defense_result.pt").exists()
+    done = subprocess.run(args + ["--output_dir", str(run_dir), "--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    a = torch.load(ref_dir / "defense_result.pt", weights_only=True)["model"]
+    b = torch.load(run_dir / "defense_result.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
