@@ -32,7 +32,7 @@ import torch
 from .bench.metrics import METRIC_COLUMNS, as_metric_row, evaluate, summarize
 from .bench.records import AttackRecord, load_record
 from .core.tensors import PixelSpaceModel
-from .errors import ConfigError, OutputExistsError
+from .errors import ConfigError, OutputExistsError, OutputNotWritableError
 from .fileio import save_csv, save_json, save_npz, save_torch
 
 log = logging.getLogger("burn")
@@ -127,7 +127,14 @@ def prepare_output(record: AttackRecord, method: str, output_dir, overwrite: boo
     if (out / "defense_result.pt").exists() and not (overwrite or resume):
         raise OutputExistsError(f"{out} already holds a {method} result; pass --overwrite to replace it, "
                                 f"--resume to continue an unfinished run, or --output_dir for a new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputNotWritableError(f"cannot write results to {out}: {exc.strerror or exc}; choose a writable "
+                                     f"--output_dir (or free disk space)") from None
     return out
 
 
@@ -138,8 +145,8 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
     """Defend one record; returns the summary also written to ``run.json``."""
     cls = config_class(method)  # validates the name and loads the registered methods
     config = config if config is not None else cls()
-    device = resolve_device(device)
     record = load_record(attack_folder, trusted=trusted, dataset=dataset, dataset_path=dataset_path)
+    device = resolve_device(device)  # after the record: a broken record is the first thing to report
     model = record.build_model(model_name)
     out = prepare_output(record, method, output_dir, overwrite, resume)
     handler, log_path = setup_logger(out)

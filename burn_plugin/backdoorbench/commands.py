@@ -10,7 +10,7 @@ def _bb_root_flag(p) -> None:
               "default $BACKDOORBENCH_ROOT")
 
 
-@subcommand("register", "install BURN into a BackdoorBench checkout (defense/burn.py + config/defense/burn/)")
+@subcommand("register", "install BURN and ULRL into a BackdoorBench checkout (defense/{burn,ulrl}.py + config/defense/{burn,ulrl}/)")
 def cmd_register(args) -> int:
     from .register import register, resolve_bb_root, unregister
 
@@ -23,7 +23,8 @@ def cmd_register(args) -> int:
         print(a.line())
     if not args.uninstall:
         print(f"registered in {root}; run from there: python defense/burn.py --attack_folder <attack> "
-              f"--dataset <dataset> --yaml_path config/defense/burn/<dataset>.yaml --device cuda:0")
+              f"--dataset <dataset> --yaml_path config/defense/burn/<dataset>.yaml --device cuda:0 "
+              f"(ULRL: python defense/ulrl.py, config/defense/ulrl/)")
     return 0
 
 

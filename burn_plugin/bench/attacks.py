@@ -160,6 +160,7 @@ class AttackSettings:
     ram_mode: bool = False
     train_subset: int | None = None
     test_subset: int | None = None
+    eval_every_epoch: bool = True  # False: test metrics only after the last epoch (quick runs)
     extra: dict = field(default_factory=dict)
 
     def default_epochs(self) -> int:
@@ -290,7 +291,11 @@ def _train(settings: AttackSettings, spec, train: SplitTensors, clean_test, bd_t
 
     def on_epoch(rec):
         preds = rec.pop("preds")
-        m = evaluate(model, clean_test, bd_test, batch_size=256, device=settings.device)
+        if settings.eval_every_epoch or rec["epoch"] == epochs - 1:
+            m = evaluate(model, clean_test, bd_test, batch_size=256, device=settings.device)
+        else:
+            m = dict.fromkeys(("clean_test_loss_avg_over_batch", "bd_test_loss_avg_over_batch", "test_acc",
+                               "test_asr", "test_ra"))
         poison = train.poison
         row = {"epoch": rec["epoch"], "batch": n_batches,
                "train_epoch_loss_avg_over_batch": rec["train_epoch_loss_avg_over_batch"], "train_acc": rec["train_acc"],
@@ -301,7 +306,8 @@ def _train(settings: AttackSettings, spec, train: SplitTensors, clean_test, bd_t
                "bd_test_loss_avg_over_batch": m["bd_test_loss_avg_over_batch"],
                "test_acc": m["test_acc"], "test_asr": m["test_asr"], "test_ra": m["test_ra"]}
         history.append(row)
-        bar.set_postfix(acc=f"{m['test_acc']:.3f}", asr=f"{m['test_asr']:.3f}" if m["test_asr"] is not None else "-")
+        if m["test_acc"] is not None:
+            bar.set_postfix(acc=f"{m['test_acc']:.3f}", asr=f"{m['test_asr']:.3f}" if m["test_asr"] is not None else "-")
         log.info("%s epoch %d: %s", desc, rec["epoch"], json.dumps({k: v for k, v in row.items() if v is not None}))
 
     train_epochs(model, train.x, train.label, epochs=epochs, optimizer=opt, scheduler=sched,

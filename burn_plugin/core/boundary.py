@@ -187,6 +187,10 @@ def _deepfool_step(out, xa, pool, overshoot, lo, hi, grad_mode, box_aware=True) 
     w_norm = w.reshape(b, c - 1, -1).norm(dim=2) + 1e-12
     best = (f_diff.abs() / w_norm).argmin(1)
     step = (f_diff[rows, best].abs() * (1 + 1e-4) + 1e-12) / w_norm[rows, best] ** 2
+    if lo is not None and not box_aware:
+        # Foolbox/LTS4 semantics: an absolute 1e-4 added to the step length, so a step the clip
+        # partly cancels still creeps across instead of stalling just short of the boundary
+        step = step + 1e-4 / w_norm[rows, best]
     pool["r"] += step.view(-1, *([1] * (xa.dim() - 1))) * w[rows, best]
     new_x = pool["x0"] + (1 + overshoot) * pool["r"]
     if lo is not None:

@@ -60,11 +60,14 @@ def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512, device=
     """Logits of ``model`` (pixel-space) for every image of ``x``, on CPU, in eval mode."""
     was_training = model.training
     model.eval()
-    outs = []
+    out = None
     for b in batches(len(x), batch_size):
-        outs.append(model(to_float(x[b]).to(device)).float().cpu())
+        logits = model(to_float(x[b]).to(device)).float().cpu()
+        if out is None:  # preallocated: no list of chunks concatenated at the end (no doubled peak)
+            out = torch.empty(len(x), *logits.shape[1:])
+        out[b] = logits
     model.train(was_training)
-    return torch.cat(outs) if outs else torch.empty(0)
+    return out if out is not None else torch.empty(0)
 
 
 def augment(x: torch.Tensor, *, padding: int = 4, hflip: bool = False,
