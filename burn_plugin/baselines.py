@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 
 from .bench.datasets import choose_clean_index
-from .core.config import ConfigBase, _num
+from .core.config import ConfigBase, _num, need
 from .core.tensors import PixelSpaceModel
 from .core.train import NonFiniteLoss, train_epochs
 from .defend import register_defense
-from .errors import ConfigError, NonFiniteLossError
+from .errors import NonFiniteLossError
 from .fileio import save_text
 
 
@@ -35,16 +35,14 @@ class FTConfig(ConfigBase):
     index: str = ""
     random_seed: int = 0
 
-    def __post_init__(self):
-        if not (isinstance(self.epochs, int) and self.epochs >= 0):
-            raise ConfigError(f"epochs must be an integer >= 0, got {self.epochs!r}")
+    def validate(self) -> None:
+        need(isinstance(self.epochs, int) and self.epochs >= 0, f"epochs must be an integer >= 0, got {self.epochs!r}")
         for k in ("lr", "sgd_momentum", "wd"):
-            if not (_num(getattr(self, k)) and getattr(self, k) >= 0):
-                raise ConfigError(f"{k} must be a number >= 0, got {getattr(self, k)!r}")
-        if not (_num(self.ratio) and 0 < self.ratio <= 1):
-            raise ConfigError(f"ratio (share of clean_train used) must lie in (0, 1], got {self.ratio!r}")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+            need(_num(getattr(self, k)) and getattr(self, k) >= 0, f"{k} must be a number >= 0, got {getattr(self, k)!r}")
+        need(_num(self.ratio) and 0 < self.ratio <= 1,
+             f"ratio (share of clean_train used) must lie in (0, 1], got {self.ratio!r}")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1,
+             f"batch_size must be an integer >= 1, got {self.batch_size!r}")
 
 
 @register_defense("ft", FTConfig)

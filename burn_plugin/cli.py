@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .errors import BadInputError, run_reporting_errors
+from .settings import flag  # noqa: F401 - subcommand modules import it from here
 
 SUBCOMMANDS: dict[str, "tuple"] = {}
 
@@ -26,13 +27,6 @@ def subcommand(name: str, help: str):
         return fn
     return deco
 
-
-def flag(parser, name: str, **kwargs):
-    """Add ``--name`` with a hyphenated alias (``--k_p0`` and ``--k-p0``); dest is the underscored name."""
-    names = [f"--{name}"]
-    if "_" in name:
-        names.append(f"--{name.replace('_', '-')}")
-    return parser.add_argument(*names, dest=name, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -115,6 +115,14 @@ def split_settings(merged: dict[str, Any], *, source: str, config_cls=BurnConfig
     return config_cls.from_mapping(algo, source=source), run, sorted(ignored)
 
 
+def flag(parser, name: str, *short: str, **kwargs):
+    """Add ``--name`` with a hyphenated alias (``--k_p0`` and ``--k-p0``) and optional short forms;
+    ``dest`` is the underscored name unless given."""
+    names = [*short, f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    kwargs.setdefault("dest", name)
+    return parser.add_argument(*names, **kwargs)
+
+
 def add_algorithm_flags(parser: argparse.ArgumentParser, config_classes=(BurnConfig,)) -> None:
     """One flag per config key (each name once across ``config_classes``), defaulting to SUPPRESS so
     that only flags the user gives override the YAML."""
@@ -132,7 +140,7 @@ def add_algorithm_flags(parser: argparse.ArgumentParser, config_classes=(BurnCon
             seen.add(f.name)
             default = f.default
             kind = type(default)
-            kwargs: dict = {"default": argparse.SUPPRESS, "dest": f.name}
+            kwargs: dict = {"default": argparse.SUPPRESS}
             if kind is bool:
                 kwargs["type"] = _bool
                 kwargs["metavar"] = "BOOL"
@@ -141,8 +149,7 @@ def add_algorithm_flags(parser: argparse.ArgumentParser, config_classes=(BurnCon
                 kwargs["nargs"] = len(default)
             elif kind in (int, float, str):
                 kwargs["type"] = kind
-            names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-            group.add_argument(*names, help=f"default {default!r}", **kwargs)
+            flag(group, f.name, help=f"default {default!r}", **kwargs)
 
 
 def _bool(s: str) -> bool:

@@ -48,7 +48,7 @@ from typing import Any
 
 from ..bench.records import record_dataset, resolve_attack_folder
 from ..errors import BadInputError, OutputExistsError, run_reporting_errors
-from ..settings import IGNORED_BB_KEYS, RUN_KEYS, add_algorithm_flags, load_yaml, split_settings
+from ..settings import IGNORED_BB_KEYS, flag, RUN_KEYS, add_algorithm_flags, load_yaml, split_settings
 
 METHOD = "burn"
 # BackdoorBench's common defense flags (interface.md 1.3) that BURN accepts and ignores
@@ -57,13 +57,6 @@ COMPAT_KEYS = tuple(k for k in IGNORED_BB_KEYS if k not in _PLUMBING)
 _SHORT = {"pin_memory": "-pm", "non_blocking": "-nb", "prefetch": "-pf"}
 
 log = logging.getLogger("burn.backdoorbench")
-
-
-def _flag(parser, name: str, *short: str, **kwargs):
-    """``--name`` plus ``--name-with-hyphens`` (and short forms); dest is ``name`` unless given."""
-    names = [*short, f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    kwargs.setdefault("dest", name)
-    return parser.add_argument(*names, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -115,20 +108,20 @@ class Burn:
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         """BackdoorBench's common defense flags plus one flag per setting (all default to "not given")."""
-        _flag(parser, "attack_folder", dest="result_file", default=None, metavar="NAME",
+        flag(parser, "attack_folder", dest="result_file", default=None, metavar="NAME",
               help="attack record: a folder name under ./record/ (BackdoorBench) or a path to the folder holding "
                    "attack_result.pt")
-        _flag(parser, "result_file", default=None, metavar="NAME",
+        flag(parser, "result_file", default=None, metavar="NAME",
               help="the same as --attack_folder (BackdoorBench's name)")
-        _flag(parser, "yaml_path", default=None,
+        flag(parser, "yaml_path", default=None,
               help=f"YAML settings (default: config/defense/{cls.name}/<dataset>.yaml if present, else the copy "
                    f"bundled with burn_plugin); flags given on the command line override it")
         for k, (typ, _default, hlp) in RUN_KEYS.items():
-            _flag(parser, k, type=typ, default=argparse.SUPPRESS, help=hlp + " (YAML key too)")
-        _flag(parser, "trust_record", action="store_true",
+            flag(parser, k, type=typ, default=argparse.SUPPRESS, help=hlp + " (YAML key too)")
+        flag(parser, "trust_record", action="store_true",
               help="allow the full unpickler for attack_result.pt (runs code in the file; only for records you "
                    "made or trust, e.g. RAM-mode records)")
-        _flag(parser, "output_dir", default=None, help=f"where to write (default record/<attack>/defense/{cls.name}/)")
+        flag(parser, "output_dir", default=None, help=f"where to write (default record/<attack>/defense/{cls.name}/)")
         parser.add_argument("--overwrite", action="store_true",
                             help=f"replace an existing {cls.label} result (without it an existing result is never "
                                  f"touched)")
@@ -140,7 +133,7 @@ class Burn:
         group = parser.add_argument_group(f"BackdoorBench common settings (accepted for compatibility, "
                                           f"ignored by {cls.label})")
         for k in cls.compat_keys():
-            _flag(group, k, *([_SHORT[k]] if k in _SHORT else []), default=argparse.SUPPRESS, metavar="VALUE",
+            flag(group, k, *([_SHORT[k]] if k in _SHORT else []), default=argparse.SUPPRESS, metavar="VALUE",
                   help=argparse.SUPPRESS if k == "cos_t_max" else None)
         return parser
 

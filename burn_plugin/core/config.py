@@ -42,6 +42,18 @@ class ConfigBase:
 
     label = "BURN"
     _OPTIONAL_STR: tuple = ()  # string keys where YAML null / "None" mean "not given"
+    _CHOICES: dict = {}        # key -> allowed string values
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:  # each config checks its own fields
+        raise NotImplementedError
+
+    def _check_choices(self) -> None:
+        for k, choices in self._CHOICES.items():
+            v = getattr(self, k)
+            need(v in choices, f"{k} must be one of {', '.join(choices)}, got {v!r:.60}")
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -104,13 +116,7 @@ class BurnConfig(ConfigBase):
     _CHOICES = {"distance_space": ("pixel", "input"), "distance_model": ("frozen", "current"),
                 "grad_mode": ("loop", "batched"), "pd_output": ("softmax", "logits")}
 
-    def __post_init__(self):
-        self.validate()
-
     def validate(self) -> None:
-        def need(cond, msg):
-            if not cond:
-                raise ConfigError(msg)
         need(isinstance(self.rounds, int) and self.rounds >= 0, f"rounds must be an integer >= 0, got {self.rounds!r}")
         for k in ("k_p0", "k_pT", "k_c0", "k_cT"):
             v = getattr(self, k)
@@ -130,11 +136,15 @@ class BurnConfig(ConfigBase):
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k} must be an integer >= 1, got {v!r}")
         need(self.candidates >= 2, f"candidates must be >= 2 (the predicted class and one other), got {self.candidates}")
         need(_num(self.overshoot) and self.overshoot >= 0, f"overshoot must be >= 0, got {self.overshoot!r}")
-        for k, choices in self._CHOICES.items():
-            v = getattr(self, k)
-            need(v in choices, f"{k} must be one of {', '.join(choices)}, got {v!r}")
+        self._check_choices()
         need(isinstance(self.random_seed, int) and 0 <= self.random_seed < 2 ** 32,
              f"random_seed must be an integer in [0, 2**32), got {self.random_seed!r:.60}")
+
+
+def need(cond, msg: str) -> None:
+    """Raise :class:`ConfigError` with ``msg`` unless ``cond``."""
+    if not cond:
+        raise ConfigError(msg)
 
 
 def _num(v) -> bool:

@@ -24,20 +24,24 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: 
                  batch_size: int = 128, scheduler=None, device="cpu", augment_padding: int = 4,
                  hflip: bool = False, generator: torch.Generator | None = None, drop_last: bool = False,
                  loss_fn: Callable | None = None, on_epoch: Callable | None = None, progress=None,
-                 collect_preds: bool = False) -> list[dict]:
+                 collect_preds: bool = False, ascent: bool = False, grad_clip_norm: float = 0.0) -> list[dict]:
     """Train the pixel-space ``model`` for ``epochs`` on ``(x, y)``; returns per-epoch loss/accuracy.
 
     ``scheduler`` is stepped once per epoch. ``loss_fn(logits, y)`` defaults to cross-entropy.
     ``progress`` is an optional tqdm-like object updated per batch. With ``collect_preds`` each
     epoch's record holds ``preds``: the training-pass prediction of every sample (-1 if skipped).
+    ``ascent`` maximises the loss (``(-loss).backward()``); ``grad_clip_norm > 0`` clips the gradient
+    norm before each step. Each epoch's record has the ``lr`` it started with; ``on_epoch`` returning
+    True stops training after that epoch.
     """
     loss_fn = loss_fn or F.cross_entropy
     history = []
     n = len(x)
     if n == 0:
         return history
-    model.train()
     for epoch in range(epochs):
+        model.train()  # on_epoch may have evaluated the model in eval mode
+        lr = optimizer.param_groups[0]["lr"]
         order = torch.randperm(n, generator=generator)
         tot_loss, tot_correct, seen, nb = 0.0, 0, 0, 0
         preds = torch.full((n,), -1, dtype=torch.long) if collect_preds else None
@@ -53,7 +57,9 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: 
             if not math.isfinite(loss_value):
                 raise NonFiniteLoss(f"loss became {loss_value} in epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (-loss if ascent else loss).backward()
+            if grad_clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=grad_clip_norm, norm_type=2)
             optimizer.step()
             tot_loss += loss_value
             pred = out.argmax(1)
@@ -66,11 +72,11 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: 
                 progress.update(len(b))
         if scheduler is not None:
             scheduler.step()
-        rec = {"epoch": epoch, "train_epoch_loss_avg_over_batch": tot_loss / max(nb, 1),
+        rec = {"epoch": epoch, "lr": lr, "train_epoch_loss_avg_over_batch": tot_loss / max(nb, 1),
                "train_acc": tot_correct / max(seen, 1)}
         if preds is not None:
             rec["preds"] = preds
         history.append(rec)
-        if on_epoch is not None:
-            on_epoch(rec)
+        if on_epoch is not None and on_epoch(rec):
+            break
     return history

@@ -52,9 +52,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError, NonFiniteLossError, ShapeMismatchError
-from .config import ConfigBase, _num
-from .tensors import PixelSpaceModel, augment, to_float
+from ..errors import NonFiniteLossError, ShapeMismatchError
+from .config import ConfigBase, _num, need
+from .tensors import PixelSpaceModel, to_float
+from .train import NonFiniteLoss, train_epochs
 
 log = logging.getLogger("burn.core.ulrl")
 
@@ -107,14 +108,7 @@ class ULRLConfig(ConfigBase):
     _CHOICES = {"clean_source": ("clean_train", "burn")}
     _OPTIONAL_STR = ("index", "burn_result")  # YAML null / "None" mean "not given"
 
-    def __post_init__(self):
-        self.validate()
-
     def validate(self) -> None:
-        def need(cond, msg):
-            if not cond:
-                raise ConfigError(msg)
-
         def is_int(v):
             return isinstance(v, int) and not isinstance(v, bool)
 
@@ -125,9 +119,7 @@ class ULRLConfig(ConfigBase):
             if v is None:
                 setattr(self, k, "")
             need(isinstance(getattr(self, k), str), f"{k} must be a file path (or empty), got {v!r:.60}")
-        for k, choices in self._CHOICES.items():
-            v = getattr(self, k)
-            need(v in choices, f"{k} must be one of {', '.join(choices)}, got {v!r:.60}")
+        self._check_choices()
         need(is_int(self.unlearning_epochs) and self.unlearning_epochs >= 1,
              f"unlearning_epochs must be an integer >= 1, got {self.unlearning_epochs!r}")
         need(is_int(self.relearn_epochs) and self.relearn_epochs >= 0,
@@ -247,6 +239,15 @@ def _check_data(x: torch.Tensor, y: torch.Tensor) -> None:
         raise ShapeMismatchError("the clean set is empty; ULRL needs a few clean samples")
 
 
+def _finish_row(row: dict, model, evaluate, cfg, history: list, on_epoch) -> None:
+    """Add the evaluation (if asked), record the row, pass it on."""
+    if evaluate is not None and cfg.eval_every_epoch:
+        row.update(evaluate(model))
+    history.append(row)
+    if on_epoch is not None:
+        on_epoch(row)
+
+
 def _epoch_rows(phase: str, epoch: int, loss: float, acc: float, lr: float) -> dict:
     return {"phase": phase, "phase_epoch": epoch, "lr": lr, "train_epoch_loss_avg_over_batch": loss,
             "train_acc": acc}
@@ -270,47 +271,26 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ULRLConfig,
     generator = generator if generator is not None else torch.Generator().manual_seed(cfg.random_seed)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.unlearning_lr, momentum=cfg.sgd_momentum, weight_decay=cfg.wd)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.steplr_milestones), gamma=cfg.steplr_gamma)
-    pad = 4 if cfg.augment else 0
-    flip = hflip and cfg.augment
-    n = len(x)
     history: list[dict] = []
     stopped = None
-    for epoch in range(1, cfg.unlearning_epochs + 1):
-        model.train()
-        lr = opt.param_groups[0]["lr"]
-        order = torch.randperm(n, generator=generator)
-        tot_loss, correct, nb = 0.0, 0, 0
-        for s in range(0, n, cfg.batch_size):
-            b = order[s:s + cfg.batch_size]
-            xb = to_float(augment(x[b], padding=pad, hflip=flip, generator=generator)).to(device)
-            yb = y[b].to(device)
-            out = model(xb)
-            loss = F.cross_entropy(out, yb)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"ULRL unlearning: the loss became {value} in epoch {epoch}; lower "
-                                         f"--unlearning_lr or --grad_clip_norm")
-            opt.zero_grad(set_to_none=True)
-            (-loss).backward()  # gradient ascent: maximise the loss on clean data
-            if cfg.grad_clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=cfg.grad_clip_norm, norm_type=2)
-            opt.step()
-            tot_loss += value
-            correct += int((out.detach().argmax(1) == yb).sum())
-            nb += 1
-        sched.step()
-        acc = correct / n
-        row = _epoch_rows("unlearn", epoch, tot_loss / max(nb, 1), acc, lr)
-        if acc <= cfg.clean_threshold:
-            stopped = epoch
+
+    def on(rec: dict) -> bool:
+        nonlocal stopped
+        row = _epoch_rows("unlearn", rec["epoch"] + 1, rec["train_epoch_loss_avg_over_batch"], rec["train_acc"],
+                          rec["lr"])
+        if rec["train_acc"] <= cfg.clean_threshold:
+            stopped = rec["epoch"] + 1
             row["unlearn_stop"] = True
-        if evaluate is not None and cfg.eval_every_epoch:
-            row.update(evaluate(model))
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-        if stopped is not None:
-            break
+        _finish_row(row, model, evaluate, cfg, history, on_epoch)
+        return stopped is not None
+
+    try:
+        train_epochs(model, x, y, epochs=cfg.unlearning_epochs, optimizer=opt, scheduler=sched,
+                     batch_size=cfg.batch_size, device=device, augment_padding=4 if cfg.augment else 0,
+                     hflip=hflip and cfg.augment, generator=generator, on_epoch=on, ascent=True,
+                     grad_clip_norm=cfg.grad_clip_norm)
+    except NonFiniteLoss as exc:  # gradient ascent: maximise the loss on clean data
+        raise NonFiniteLossError(f"ULRL unlearning: {exc}; lower --unlearning_lr or --grad_clip_norm") from None
     return model, history, stopped
 
 
@@ -386,43 +366,28 @@ def relearn(model_infected: nn.Module, rows, x: torch.Tensor, y: torch.Tensor, c
                 linear.bias[idx] = 0.0
     opt = torch.optim.SGD(model.parameters(), lr=cfg.relearn_lr, momentum=cfg.relearn_momentum)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.relearn_epochs, 1))
-    pad = 4 if cfg.augment else 0
-    flip = hflip and cfg.augment
-    n = len(x)
     history: list[dict] = []
-    for epoch in range(1, cfg.relearn_epochs + 1):
-        model.train()
-        lr = opt.param_groups[0]["lr"]
-        order = torch.randperm(n, generator=generator)
-        tot_loss, correct, nb = 0.0, 0, 0
-        for s in range(0, n, cfg.batch_size):
-            b = order[s:s + cfg.batch_size]
-            xb = to_float(augment(x[b], padding=pad, hflip=flip, generator=generator)).to(device)
-            yb = y[b].to(device)
-            out = model(xb)
-            loss = F.cross_entropy(out, yb)
-            if rows and cfg.relearn_alpha:
-                loss = loss + cfg.relearn_alpha * F.cosine_similarity(linear.weight[idx], w_orig, dim=1).sum()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"ULRL relearning: the loss became {value} in epoch {epoch}; lower "
-                                         f"--relearn_lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot_loss += value
-            correct += int((out.detach().argmax(1) == yb).sum())
-            nb += 1
-        sched.step()
-        row = _epoch_rows("relearn", epoch, tot_loss / max(nb, 1), correct / n, lr)
+
+    def loss_fn(out, yb):
+        loss = F.cross_entropy(out, yb)
+        if rows and cfg.relearn_alpha:
+            loss = loss + cfg.relearn_alpha * F.cosine_similarity(linear.weight[idx], w_orig, dim=1).sum()
+        return loss
+
+    def on(rec: dict) -> None:
+        row = _epoch_rows("relearn", rec["epoch"] + 1, rec["train_epoch_loss_avg_over_batch"], rec["train_acc"],
+                          rec["lr"])
         if rows:
             with torch.no_grad():
                 row["cos_to_original"] = float(F.cosine_similarity(linear.weight[idx], w_orig, dim=1).mean())
-        if evaluate is not None and cfg.eval_every_epoch:
-            row.update(evaluate(model))
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
+        _finish_row(row, model, evaluate, cfg, history, on_epoch)
+
+    try:
+        train_epochs(model, x, y, epochs=cfg.relearn_epochs, optimizer=opt, scheduler=sched,
+                     batch_size=cfg.batch_size, device=device, augment_padding=4 if cfg.augment else 0,
+                     hflip=hflip and cfg.augment, generator=generator, on_epoch=on, loss_fn=loss_fn)
+    except NonFiniteLoss as exc:
+        raise NonFiniteLossError(f"ULRL relearning: {exc}; lower --relearn_lr") from None
     return model, history
 
 
