@@ -85,6 +85,29 @@ class Counted(nn.Module):
         return self.model(x)
 
 
+class ChannelsLast(nn.Module):
+    """The model with weights and input in ``channels_last`` memory format (same values)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+
+    def forward(self, x):
+        return self.model(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
+
+
+class Bf16Autocast(nn.Module):
+    """The model's forward under bf16 autocast (CPU or CUDA), logits returned in float32."""
+
+    def __init__(self, model: nn.Module, device_type: str):
+        super().__init__()
+        self.model, self.device_type = model, device_type
+
+    def forward(self, x):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return self.model(x).float()
+
+
 # ------------------------------------------------------------------------------------------------
 # data and model
 
@@ -132,11 +155,11 @@ def build_pixel_model(rec, name: str | None, train_steps: int, seed: int, device
 # the attacks; each returns distance, adv_label, converged (CPU) and optionally iterations
 
 def run_ours(model, x, *, box_aware: bool, grad_mode: str, batch_size: int, device, chunked: bool = False,
-             max_iter: int = 50, candidates: int = 10, overshoot: float = 0.02):
+             max_iter: int = 50, candidates: int = 10, overshoot: float = 0.02, candidate_mode: str = "fixed"):
     def call(xs):
         return boundary_distances(model, xs, candidates=candidates, overshoot=overshoot, max_iter=max_iter,
                                   batch_size=batch_size, clip=(0.0, 1.0), grad_mode=grad_mode, device=device,
-                                  box_aware=box_aware)
+                                  box_aware=box_aware, candidate_mode=candidate_mode)
     if chunked:  # no refilling across chunks: each call's pool only shrinks, as in a plain batched attack
         from burn_plugin.core.boundary import BoundaryResult
 
@@ -240,6 +263,11 @@ def main(argv=None) -> int:
                     "batched/refill runs), boxoff (our box_aware=False runs; also drops the agreement table)")
     ap.add_argument("--batch-sweep", default="", help="comma list of extra batch sizes for ours (box_aware=True, "
                     "loop), e.g. 32,128,512; use -n larger than the batches")
+    ap.add_argument("--adaptive", default="", help="comma list of candidate counts c: for each, ours with the c-1 "
+                    "rivals re-ranked every iteration (candidate_mode=adaptive) and with fixed clean top-c, "
+                    "box_aware=True, e.g. 3,5")
+    ap.add_argument("--variants", default="", help="comma list of model variants for ours (box_aware=True): "
+                    "channels_last, bf16 (autocast)")
     ap.add_argument("--repeat", type=int, default=2, help="interleaved timing rounds (fastest kept; results are "
                     "deterministic, only the time differs)")
     ap.add_argument("--repeat-torchattacks", action="store_true", help="repeat torchattacks too (slow)")
@@ -286,10 +314,10 @@ def main(argv=None) -> int:
 
     runs: dict[str, dict] = {}
 
-    plan = []  # (name, fn(k), n, count_backward)
+    plan = []  # (name, fn(k), n, count_backward, counter)
 
-    def add(name, fn, n, count_backward=True):
-        plan.append((name, fn, n, count_backward))
+    def add(name, fn, n, count_backward=True, counter=None):
+        plan.append((name, fn, n, count_backward, counter or counted))
 
     n = len(x)
     if "boxoff" not in skip:
@@ -327,14 +355,30 @@ def main(argv=None) -> int:
                                                                          grad_mode="loop", batch_size=small,
                                                                          device=device, chunked=True), n)
 
+    for c in [int(v) for v in args.adaptive.split(",") if v.strip()]:
+        for mode in ("adaptive", "fixed"):
+            add(f"ours {mode} c{c}", lambda k, c=c, mode=mode: run_ours(
+                counted, x[:k], box_aware=True, grad_mode="loop", batch_size=args.batch_size, device=device,
+                candidates=c, candidate_mode=mode), n)
+    import copy
+
+    for v in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        if v not in ("channels_last", "bf16"):
+            ap.error(f"--variants: unknown {v!r} (channels_last, bf16)")
+        inner = ChannelsLast(copy.deepcopy(model)) if v == "channels_last" else \
+            Bf16Autocast(model, torch.device(device).type)
+        vc = Counted(inner).eval()
+        add(f"ours {v}", lambda k, vc=vc: run_ours(vc, x[:k], box_aware=True, grad_mode="loop",
+                                                   batch_size=args.batch_size, device=device), n, counter=vc)
+
     print(f"timing: {args.repeat} interleaved round(s), the fastest kept; an untimed warm-up on 4 samples first")
-    for name, fn, k, _ in plan:
+    for name, fn, k, _, _ in plan:
         fn(4)
     for rnd in range(args.repeat):
-        for name, fn, k, count_backward in plan:
+        for name, fn, k, count_backward, counter in plan:
             if rnd > 0 and name == "torchattacks DeepFool" and not args.repeat_torchattacks:
                 continue
-            counted.reset()
+            counter.reset()
             load0 = load_str()
             t0 = time.perf_counter()
             out = fn(k)
@@ -348,9 +392,9 @@ def main(argv=None) -> int:
                       f"load {load0}", flush=True)
                 continue
             out.update(name=name, n=k, seconds=dt, per_s=k / dt, load=load0, all_seconds=[dt],
-                       forward_rows=counted.forward_rows, forward_calls=counted.forward_calls,
-                       backward_rows=counted.backward_rows if count_backward else None,
-                       backward_calls=counted.backward_calls if count_backward else None)
+                       forward_rows=counter.forward_rows, forward_calls=counter.forward_calls,
+                       backward_rows=counter.backward_rows if count_backward else None,
+                       backward_calls=counter.backward_calls if count_backward else None)
             runs[name] = out
             print(f"  round {rnd + 1} {name:<32} {k:5d} samples in {dt:8.1f} s  ({k / dt:8.2f} samples/s)  "
                   f"load {load0}", flush=True)
@@ -404,6 +448,16 @@ def main(argv=None) -> int:
     for name, r in runs.items():
         if name.startswith("ours"):
             print(f"  {name:<32} {r['per_s']:8.2f} samples/s  x{r['per_s'] / ours_t['per_s']:.2f}")
+    variants = [k for k in runs if k.startswith(("ours adaptive", "ours fixed c", "ours channels_last", "ours bf16"))]
+    if variants:
+        print("\nagreement of the candidate modes and model variants with the default (ours box_aware=True, fixed "
+              "top-10, float32):")
+        print(f"  {'run':<32} {'med rel':>8} {'p90 rel':>8} {'same adv':>8} {'AUROC':>6} {'default AUROC':>13}")
+        for name in variants:
+            a = agreement(ours_t, runs[name])
+            agree[f"{name} vs default"] = a
+            print(f"  {name:<32} {a['median_rel_diff']:8.4f} {a['p90_rel_diff']:8.4f} {a['same_adv_label']:8.3f} "
+                  f"{fmt(auroc(runs[name]['distance'], poison[:n])):>6} {fmt(auroc(ours_t['distance'], poison[:n])):>13}")
     chunk = [k for k in runs if k.endswith("chunked")]
     if chunk:
         refill = chunk[0].replace("chunked", "refill")

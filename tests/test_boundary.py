@@ -40,11 +40,13 @@ def test_two_class_distance_is_w_x_plus_b_over_norm_w():
 
 @pytest.mark.parametrize("grad_mode", ["loop", "batched"])
 @pytest.mark.parametrize("overshoot", [0.0, 0.02])
-def test_multiclass_distance_and_class_match_closed_form(grad_mode, overshoot):
+@pytest.mark.parametrize("candidate_mode", ["fixed", "adaptive"])
+def test_multiclass_distance_and_class_match_closed_form(grad_mode, overshoot, candidate_mode):
     model = affine(7, seed=2)
     x = torch.randn(257, 3, 4, 4, dtype=torch.float64)
     dist, kstar, k0 = closed_form(model, x)
-    res = boundary_distances(model, x, clip=None, overshoot=overshoot, batch_size=50, grad_mode=grad_mode)
+    res = boundary_distances(model, x, clip=None, overshoot=overshoot, batch_size=50, grad_mode=grad_mode,
+                             candidate_mode=candidate_mode)
     rel = ((res.distance.double() / (1 + overshoot) - dist) / dist).abs()
     assert rel.max() < 0.01
     assert bool((res.adv_label == kstar).all())
@@ -61,6 +63,33 @@ def test_candidates_restrict_the_search_to_top_classes():
     assert bool((res.adv_label == second).all())
     full = boundary_distances(model, x, clip=None, candidates=10, overshoot=0.0)
     assert bool((full.distance <= res.distance + 1e-6).all())  # more candidates never give a larger distance
+
+
+class RunnerUpChanges(nn.Module):
+    """Three classes on the first input coordinate u: f = (0, -1 + tanh(u)/2, -1.1 + u/2).
+
+    At u = 0 class 1 is the runner-up and its linearisation predicts the boundary at u = 2, but f_1
+    saturates there (-0.518) while f_2 has become the runner-up (-0.1); class 2 is crossed at u = 2.2.
+    """
+
+    def forward(self, x):
+        u = x[:, 0]
+        return torch.stack([torch.zeros_like(u), -1 + 0.5 * torch.tanh(u), -1.1 + 0.5 * u], dim=1)
+
+
+def test_adaptive_candidates_follow_the_runner_up_of_the_current_iterate():
+    x = torch.zeros(4, 2, dtype=torch.float64)
+    kw = dict(clip=None, overshoot=0.0, max_iter=50)
+    full = boundary_distances(RunnerUpChanges(), x, candidates=3, **kw)
+    adaptive = boundary_distances(RunnerUpChanges(), x, candidates=2, candidate_mode="adaptive", **kw)
+    fixed = boundary_distances(RunnerUpChanges(), x, candidates=2, candidate_mode="fixed", **kw)
+    for res in (full, adaptive):
+        assert torch.allclose(res.distance.double(), torch.full((4,), 2.2, dtype=torch.float64), rtol=1e-3)
+        assert bool((res.adv_label == 2).all()) and bool((res.iterations == 2).all())
+    # fixed top-2 keeps chasing the saturating class 1 and lands far beyond class 2's boundary
+    assert bool((fixed.distance > 10).all()) and bool((fixed.adv_label == 2).all())
+    with pytest.raises(ValueError, match="candidate_mode"):
+        boundary_distances(RunnerUpChanges(), x, candidate_mode="top")
 
 
 class SlowForSome(nn.Module):

@@ -90,7 +90,8 @@ def _class_gradient_differences(out: torch.Tensor, xa: torch.Tensor, cand: torch
 
 def boundary_distances(model: nn.Module, x: torch.Tensor, *, candidates: int = 10, overshoot: float = 0.02,
                        max_iter: int = 50, batch_size: int = 256, clip: tuple | None = (0.0, 1.0),
-                       grad_mode: str = "loop", device="cpu", progress=None, box_aware: bool = True) -> BoundaryResult:
+                       grad_mode: str = "loop", device="cpu", progress=None, box_aware: bool = True,
+                       candidate_mode: str = "fixed") -> BoundaryResult:
     """Minimal L2 boundary distance of every image in ``x`` (uint8 or float ``(N, C, H, W)``).
 
     ``model`` maps the space ``x`` lives in to logits (wrap normalisation in for pixel space).
@@ -100,10 +101,15 @@ def boundary_distances(model: nn.Module, x: torch.Tensor, *, candidates: int = 1
     is the adversarial label, so no extra forward pass is spent on it. Parameters are frozen for the
     duration and restored afterwards; the model is put in eval mode. ``progress`` is an optional
     tqdm-like object advanced as samples finish. ``box_aware=False`` gives Foolbox/LTS4 semantics
-    (clip after each step, gradients unmasked).
+    (clip after each step, gradients unmasked). ``candidate_mode="adaptive"`` re-ranks the ``c - 1``
+    rival classes by the current logits at every iteration (the predicted class ``k0`` stays fixed)
+    instead of fixing them from the clean logits; with ``candidates`` equal to the class count both
+    modes are identical.
     """
     if grad_mode not in ("loop", "batched"):
         raise ValueError(f"grad_mode must be 'loop' or 'batched', got {grad_mode!r}")
+    if candidate_mode not in ("fixed", "adaptive"):
+        raise ValueError(f"candidate_mode must be 'fixed' or 'adaptive', got {candidate_mode!r}")
     n = len(x)
     distance = torch.zeros(n)
     adv_label = torch.zeros(n, dtype=torch.long)
@@ -162,6 +168,10 @@ def boundary_distances(model: nn.Module, x: torch.Tensor, *, candidates: int = 1
                 # survivors only: finished samples get no further work
                 xa = pool["xa"].detach().requires_grad_(True)
                 out = model(xa)
+            if candidate_mode == "adaptive":
+                ranked = out.detach().clone()
+                ranked[torch.arange(len(ranked), device=ranked.device), pool["k0"]] = float("inf")
+                pool["cand"] = ranked.topk(pool["cand"].shape[1], dim=1).indices   # column 0 stays k0
             _deepfool_step(out, xa, pool, overshoot, lo, hi, grad_mode, box_aware)
     finally:
         for p, f in zip(model.parameters(), flags):

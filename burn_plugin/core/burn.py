@@ -30,7 +30,7 @@ from .boundary import BoundaryResult, boundary_distances
 from .config import BurnConfig
 from .scores import (PoisonSelection, boundary_score, composite_score, count_of, linear_schedule,
                      prediction_divergence, select)
-from .tensors import Normalize, PixelSpaceModel, predict
+from .tensors import Normalize, PixelSpaceModel, predict, set_channels_last
 from .train import NonFiniteLoss, train_epochs
 
 log = logging.getLogger("burn.core")
@@ -92,7 +92,7 @@ def analyse_boundary(model: nn.Module, data: BurnData, cfg: BurnConfig, *, devic
     key = None
     if cache_dir is not None:
         settings = (cfg.candidates, cfg.overshoot, cfg.max_iter, cfg.distance_space, cfg.box_aware,
-                    tuple(data.mean), tuple(data.std))
+                    tuple(data.mean), tuple(data.std)) + ((cfg.candidate_mode,) if cfg.candidate_mode != "fixed" else ())
         key = state_hash(model.state_dict(), data.x, extra=repr(settings))
         f = Path(cache_dir) / f"boundary_{key}.pt"
         if f.is_file():
@@ -103,14 +103,14 @@ def analyse_boundary(model: nn.Module, data: BurnData, cfg: BurnConfig, *, devic
             except Exception:  # noqa: BLE001 - a broken cache file is recomputed
                 pass
     if cfg.distance_space == "pixel":
-        attacked, clip, pre = PixelSpaceModel(model, data.mean, data.std), (0.0, 1.0), None
+        attacked, clip, pre = PixelSpaceModel(model, data.mean, data.std, channels_last=_cl(cfg, data)), (0.0, 1.0), None
     else:
         attacked, clip, pre = model, None, Normalize(data.mean, data.std)
     attacked = attacked.to(device)
     x = data.x if pre is None else _NormalizedView(data.x, pre)
     res = boundary_distances(attacked, x, candidates=cfg.candidates, overshoot=cfg.overshoot, max_iter=cfg.max_iter,
                              batch_size=cfg.boundary_batch_size, clip=clip, grad_mode=cfg.grad_mode, device=device,
-                             progress=progress, box_aware=cfg.box_aware)
+                             progress=progress, box_aware=cfg.box_aware, candidate_mode=cfg.candidate_mode)
     if key is not None:
         from ..fileio import save_torch
 
@@ -134,6 +134,10 @@ class _NormalizedView:
             return self.norm(to_float(self.x[s]))
 
 
+def _cl(cfg: BurnConfig, data: BurnData) -> bool:
+    return bool(cfg.channels_last) and data.x.dim() == 4
+
+
 def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *, device="cpu",
              evaluate: Callable[[nn.Module], dict] | None = None, progress: bool = True,
              checkpoint_dir: str | Path | None = None, resume: bool = False,
@@ -153,11 +157,13 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
     timings = {"boundary_s": 0.0, "scoring_s": 0.0, "finetune_s": 0.0, "eval_s": 0.0}
     torch.manual_seed(cfg.random_seed)
     model = model.to(device)
+    if _cl(cfg, data):
+        set_channels_last(model)
     frozen = copy.deepcopy(model).eval()
     for p in frozen.parameters():
         p.requires_grad_(False)
-    pixel_model = PixelSpaceModel(model, data.mean, data.std).to(device)
-    pixel_frozen = PixelSpaceModel(frozen, data.mean, data.std).to(device)
+    pixel_model = PixelSpaceModel(model, data.mean, data.std, channels_last=_cl(cfg, data)).to(device)
+    pixel_frozen = PixelSpaceModel(frozen, data.mean, data.std, channels_last=_cl(cfg, data)).to(device)
 
     # sizes first: an empty selection is an input error and must fail before any work
     counts = []
@@ -256,6 +262,7 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
                        ckpt_dir / "last.pt")
     rounds_bar.close()
     model.eval()
+    set_channels_last(model, False)   # hand back ordinary contiguous weights
     return BurnResult(model=model.cpu(), boundary=boundary, bd=bd, final_pd=pd, final_score=score,
                       selections=selections, history=history, timings=timings, stopped_early=stopped,
                       completed_rounds=len(history))
