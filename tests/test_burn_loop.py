@@ -113,8 +113,12 @@ def test_nan_loss_stops_and_keeps_last_good_round(small_problem):
 
 def test_empty_selection_fails_before_any_work(small_problem):
     model, data = small_problem
+    m = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(EmptySelectionError):
-        run_burn(copy.deepcopy(model), data, cfg(k_p0=0.1), progress=False)
+        run_burn(m, data, cfg(k_p0=0.1), progress=False)
+    for k, v in m.state_dict().items():   # the caller's model is untouched, layout included
+        assert v.is_contiguous() and torch.equal(v, before[k]), k
 
 
 def test_poison_flags_are_not_an_input():

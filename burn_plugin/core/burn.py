@@ -156,6 +156,12 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
         raise ValueError("empty training set")
     timings = {"boundary_s": 0.0, "scoring_s": 0.0, "finetune_s": 0.0, "eval_s": 0.0}
     torch.manual_seed(cfg.random_seed)
+    # sizes first: an empty selection is an input error and must fail before any work
+    counts = []
+    for t in range(cfg.rounds + 1):
+        kp, kc = linear_schedule(cfg.k_p0, cfg.k_pT, t, cfg.rounds), linear_schedule(cfg.k_c0, cfg.k_cT, t, cfg.rounds)
+        counts.append((kp, kc, count_of(kp, n, "k_p"), count_of(kc, n, "k_c") if t > 0 else 0))
+
     model = model.to(device)
     if _cl(cfg, data):
         set_channels_last(model)
@@ -164,12 +170,6 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
         p.requires_grad_(False)
     pixel_model = PixelSpaceModel(model, data.mean, data.std, channels_last=_cl(cfg, data)).to(device)
     pixel_frozen = PixelSpaceModel(frozen, data.mean, data.std, channels_last=_cl(cfg, data)).to(device)
-
-    # sizes first: an empty selection is an input error and must fail before any work
-    counts = []
-    for t in range(cfg.rounds + 1):
-        kp, kc = linear_schedule(cfg.k_p0, cfg.k_pT, t, cfg.rounds), linear_schedule(cfg.k_c0, cfg.k_cT, t, cfg.rounds)
-        counts.append((kp, kc, count_of(kp, n, "k_p"), count_of(kc, n, "k_c") if t > 0 else 0))
 
     t0 = time.time()
     bar = tqdm(total=n, desc="boundary analysis", unit="img", disable=not progress, leave=False)
