@@ -18,6 +18,10 @@ Clean data (``clean_source``):
   positions into ``bd_train``, the largest ``t`` is used). Their positions go to ``burn_clean_index.txt``
   (positions into ``bd_train``, *not* clean_train indices, hence not ``index.txt``). How many of them
   are truly poisoned is counted from the record's poison flags, for the report only.
+- ``burn_balanced``: as ``burn``, the same number of samples, but class-balanced: the lowest final
+  BURN scores (``final_score``) within each given label, an equal share per class. BURN's bottom-k_c
+  is nearly pure but skewed towards the classes that lie close to the boundary (few trousers and
+  bags on Fashion-MNIST), and ULRL relearns every class from it.
 """
 from __future__ import annotations
 
@@ -42,8 +46,12 @@ METRICS = ("test_acc", "test_asr", "test_ra", "clean_test_loss_avg_over_batch", 
            "ra_test_loss_avg_over_batch")
 
 
-def burn_clean_positions(path: Path, n_train: int, labels: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """``(positions into bd_train, round t)`` of BURN's last bottom-k_c set in ``scores.npz``."""
+def burn_clean_positions(path: Path, n_train: int, labels: np.ndarray | None = None, *,
+                         balanced: bool = False) -> tuple[np.ndarray, int]:
+    """``(positions into bd_train, round t)`` of BURN's last bottom-k_c set in ``scores.npz``.
+
+    ``balanced``: as many positions, the lowest ``final_score`` of each given label in equal shares.
+    """
     if path.is_dir():
         path = path / "scores.npz"
     if not path.is_file():
@@ -58,6 +66,11 @@ def burn_clean_positions(path: Path, n_train: int, labels: np.ndarray | None = N
             t = rounds[-1]
             pos = np.asarray(z[f"round{t}_clean"]).astype(np.int64).ravel()
             their_labels = np.asarray(z["label"]) if "label" in z.files else None
+            if balanced:
+                if their_labels is None or "final_score" not in z.files:
+                    raise CorruptFileError(f"{path} lacks 'label' or 'final_score', which a class-balanced pick "
+                                           f"needs (rerun `burn defend`, or use --clean_source burn)")
+                pos = _balanced_bottom(np.asarray(z["final_score"]), their_labels, len(pos))
     except (OSError, ValueError, EOFError) as exc:
         raise CorruptFileError(f"{path} cannot be read as a BURN scores.npz ({exc}); rerun `burn defend`") from None
     if their_labels is not None and (len(their_labels) != n_train or
@@ -72,6 +85,18 @@ def burn_clean_positions(path: Path, n_train: int, labels: np.ndarray | None = N
     return pos, t
 
 
+def _balanced_bottom(score: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """``n`` positions: the lowest ``score`` per label, equal shares (the remainder to the first labels)."""
+    classes = np.unique(labels)
+    share, extra = divmod(n, len(classes))
+    picked = []
+    for i, c in enumerate(classes):
+        members = np.flatnonzero(labels == c)
+        order = members[np.argsort(score[members], kind="stable")]
+        picked.append(order[:share + (1 if i < extra else 0)])
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
 def _write_ints(values: np.ndarray):
     return lambda p: save_text("".join(f"{int(v)}\n" for v in values), p)
 
@@ -83,10 +108,10 @@ def _ulrl(*, record, model, config, device, evaluator, out: Path, resume: bool, 
         log.warning("ULRL keeps no checkpoints (a run takes minutes); --resume starts it again from the beginning")
     summary: dict = {"clean_source": cfg.clean_source}
     files = {}
-    if cfg.clean_source == "burn":
+    if cfg.clean_source in ("burn", "burn_balanced"):
         bd = record.tensors("bd_train")
         path = Path(cfg.burn_result).expanduser() if cfg.burn_result else record.folder / "defense" / "burn" / "scores.npz"
-        pos, t = burn_clean_positions(path, len(bd), bd.label.numpy())
+        pos, t = burn_clean_positions(path, len(bd), bd.label.numpy(), balanced=cfg.clean_source == "burn_balanced")
         sel = torch.from_numpy(pos)
         x, y = bd.x[sel], bd.label[sel]
         poison = bd.poison[sel].bool()
@@ -95,7 +120,8 @@ def _ulrl(*, record, model, config, device, evaluator, out: Path, resume: bool, 
                        clean_set_poisoned=int(poison.sum()), clean_set_label_flipped=int(flipped.sum()),
                        clean_set_poison_share=float(poison.float().mean()))
         files["burn_clean_index.txt"] = _write_ints(pos)
-        data_used = "BURN's bottom-k_c of the poisoned training set (no clean data)"
+        data_used = ("BURN's bottom-k_c of the poisoned training set" + (", class-balanced" if
+                     cfg.clean_source == "burn_balanced" else "") + " (no clean data)")
     else:
         clean = record.tensors("clean_train")
         idx = choose_clean_index(len(clean), cfg.ratio, cfg.random_seed, cfg.index)

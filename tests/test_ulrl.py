@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from burn_plugin.core.ulrl import (MAD_SCALE, ULRLConfig, find_classifier, relearn, run_ulrl,
                                    select_suspicious_neurons, unlearn)
-from burn_plugin.errors import ConfigError, ShapeMismatchError
+from burn_plugin.errors import ConfigError, CorruptFileError, ShapeMismatchError
 from burn_plugin.cli import main as burn_main
 
 METRICS = ["test_acc", "test_asr", "test_ra", "clean_test_loss_avg_over_batch", "bd_test_loss_avg_over_batch",
@@ -416,6 +416,24 @@ def test_clean_source_burn_uses_the_last_rounds_bottom_set(attack_record, tmp_pa
     assert defend("--attack_folder", str(folder), "--output_dir", str(tmp_path / "x"), *FAST,
                   "--clean_source", "burn", "--burn_result", str(scores)) == 2
     assert "belongs to another record" in capsys.readouterr().err
+
+
+def test_balanced_bottom_takes_the_lowest_scores_per_label_in_equal_shares(tmp_path):
+    from burn_plugin.ulrl_method import burn_clean_positions
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2])
+    score = np.array([.9, .1, .5, .2, .8, .3, .7, .05, .6, .01, .4, .02])
+    f = tmp_path / "scores.npz"
+    # BURN's own bottom-5 is skewed: three of class 2, none of class 1
+    np.savez(f, round3_clean=np.array([9, 11, 7, 1, 3]), label=labels, final_score=score)
+    plain, t = burn_clean_positions(f, len(labels), labels)
+    assert t == 3 and plain.tolist() == [9, 11, 7, 1, 3]
+    pos, _ = burn_clean_positions(f, len(labels), labels, balanced=True)
+    # 5 = 2 + 2 + 1: the two lowest of class 0 (1, 3), the two lowest of class 1 (5, 6), the lowest of class 2 (9)
+    assert pos.tolist() == [1, 3, 5, 6, 9]
+    np.savez(f, round3_clean=np.array([9, 11]), label=labels)    # an old scores.npz without final_score
+    with pytest.raises(CorruptFileError, match="final_score"):
+        burn_clean_positions(f, len(labels), labels, balanced=True)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -77,7 +77,8 @@ class ULRLConfig(ConfigBase):
     # clean data (BackdoorBench's choose_index: `ratio` of clean_train drawn with the seed, or `index`)
     ratio: float = 0.01
     index: str = ""                 # file of clean_train indices, one per line ("" = draw with `ratio`)
-    clean_source: str = "clean_train"  # or "burn": BURN's final bottom-k_c set of the poisoned train set
+    clean_source: str = "clean_train"  # or "burn": BURN's final bottom-k_c set of the poisoned train set;
+    # "burn_balanced": as many, the lowest final BURN scores per given label in equal shares
     burn_result: str = ""           # BURN's scores.npz ("" = <attack_folder>/defense/burn/scores.npz)
     # unlearning (gradient ascent)
     unlearning_epochs: int = 20
@@ -105,7 +106,7 @@ class ULRLConfig(ConfigBase):
     eval_every_epoch: bool = True   # ACC/ASR/RA after every epoch of both phases (reporting only)
 
     label = "ULRL"
-    _CHOICES = {"clean_source": ("clean_train", "burn")}
+    _CHOICES = {"clean_source": ("clean_train", "burn", "burn_balanced")}
     _OPTIONAL_STR = ("index", "burn_result")  # YAML null / "None" mean "not given"
 
     def validate(self) -> None:
