@@ -363,13 +363,13 @@ def main(argv=None) -> int:
     import copy
 
     for v in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        if v not in ("channels_last", "bf16"):
-            ap.error(f"--variants: unknown {v!r} (channels_last, bf16)")
-        inner = ChannelsLast(copy.deepcopy(model)) if v == "channels_last" else \
-            Bf16Autocast(model, torch.device(device).type)
+        if v not in ("channels_last", "bf16", "channels_last_boxoff"):
+            ap.error(f"--variants: unknown {v!r} (channels_last, channels_last_boxoff, bf16)")
+        inner = Bf16Autocast(model, torch.device(device).type) if v == "bf16" else ChannelsLast(copy.deepcopy(model))
         vc = Counted(inner).eval()
-        add(f"ours {v}", lambda k, vc=vc: run_ours(vc, x[:k], box_aware=True, grad_mode="loop",
-                                                   batch_size=args.batch_size, device=device), n, counter=vc)
+        add(f"ours {v}", lambda k, vc=vc, v=v: run_ours(vc, x[:k], box_aware=v != "channels_last_boxoff",
+                                                        grad_mode="loop", batch_size=args.batch_size,
+                                                        device=device), n, counter=vc)
 
     print(f"timing: {args.repeat} interleaved round(s), the fastest kept; an untimed warm-up on 4 samples first")
     for name, fn, k, _, _ in plan:
@@ -428,6 +428,9 @@ def main(argv=None) -> int:
             f_ratio = "n/a" if ours_f is None else f"{ours_f['per_s'] / p['per_s']:8.2f}x"
             print(f"  vs {peer:<22} ours box_aware=False {f_ratio}   "
                   f"ours box_aware=True {ours_t['per_s'] / p['per_s']:8.2f}x{note}")
+            for name in ("ours channels_last_boxoff", "ours channels_last"):
+                if name in runs:
+                    print(f"  vs {peer:<22} {name} {runs[name]['per_s'] / p['per_s']:8.2f}x")
 
     print("\nagreement with ours box_aware=False (Foolbox semantics; relative |d - d_ours| / d_ours):"
           + (" not run (--skip boxoff)" if ref is None else ""))
@@ -435,7 +438,8 @@ def main(argv=None) -> int:
         print(f"  {'run':<30} {'n':>5} {'med rel':>8} {'med rel(both conv)':>18} {'p90 rel':>8} {'same adv':>8} "
               f"{'same adv(both)':>14} {'both conv':>9}")
     agree = {}
-    for name in [] if ref is None else ("foolbox L2DeepFool", "torchattacks DeepFool", "ours box_aware=True", "ours batched box_aware=False"):
+    for name in [] if ref is None else ("foolbox L2DeepFool", "torchattacks DeepFool", "ours box_aware=True",
+                                        "ours batched box_aware=False", "ours channels_last_boxoff"):
         if name in runs:
             a = agreement(ref, runs[name])
             agree[name] = a
@@ -448,7 +452,8 @@ def main(argv=None) -> int:
     for name, r in runs.items():
         if name.startswith("ours"):
             print(f"  {name:<32} {r['per_s']:8.2f} samples/s  x{r['per_s'] / ours_t['per_s']:.2f}")
-    variants = [k for k in runs if k.startswith(("ours adaptive", "ours fixed c", "ours channels_last", "ours bf16"))]
+    variants = [k for k in runs if k.startswith(("ours adaptive", "ours fixed c", "ours channels_last", "ours bf16"))
+                and not k.endswith("boxoff")]
     if variants:
         print("\nagreement of the candidate modes and model variants with the default (ours box_aware=True, fixed "
               "top-10, float32):")

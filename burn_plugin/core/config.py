@@ -27,9 +27,10 @@ the rest open; each open choice is a key here, with the default and its reason:
   BackdoorBench's training convention); scoring always uses the test transform.
 - ``reset_optimizer = True``: each round's Fine-tune(theta_t, D_t) starts a fresh Adam, reading
   Algorithm 1's Fine-tune as a self-contained procedure.
-- ``channels_last = True``: images and convolution weights in channels-last memory format during
-  the run (identical arithmetic up to float rounding, faster convolutions); weights are handed back
-  contiguous. Not a BURN choice, an implementation one.
+- ``channels_last = False``: ``True`` holds images and convolution weights in channels-last memory
+  format during the run (same arithmetic up to float rounding; weights are handed back contiguous).
+  On this project's 2-core CPU it was not a reliable win (boundary analysis x1.34 in one benchmark
+  run, x0.87 in another; inference x1.15; training x1.0), so it is off; it is meant for CUDA.
 - ``random_seed = 0``: BackdoorBench's default seed.
 """
 from __future__ import annotations
@@ -114,7 +115,7 @@ class BurnConfig(ConfigBase):
     distance_model: str = "frozen"
     box_aware: bool = True
     grad_mode: str = "loop"
-    channels_last: bool = True
+    channels_last: bool = False
     # scores
     pd_output: str = "softmax"
     # run
