@@ -612,6 +612,7 @@ def run_sweep(plan: SweepPlan, *, dry_run: bool = False, progress: bool = True,
 
         bar = tqdm(total=len(todo), unit="run", desc="sweep", file=sys.stderr, dynamic_ncols=True)
     out = (lambda m: bar.write(m, file=sys.stderr)) if bar is not None else say
+    live = sys.stderr.isatty()
     try:
         k = 0
         for run in plan.runs:
@@ -625,7 +626,7 @@ def run_sweep(plan: SweepPlan, *, dry_run: bool = False, progress: bool = True,
                 bar.set_postfix_str(run.label)
 
             def tick(elapsed: float, run=run) -> None:
-                if bar is not None:
+                if bar is not None and live:   # a per-run clock only on a terminal, not into log files
                     bar.set_postfix_str(f"{run.label} {format_seconds(elapsed)}", refresh=True)
 
             execute(run, plan, tick=tick)
