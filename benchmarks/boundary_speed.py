@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from burn_plugin.core.boundary import boundary_distances
-from burn_plugin.core.tensors import PixelSpaceModel, to_float
+from burn_plugin.core.tensors import PixelSpaceModel, set_channels_last, to_float
 
 DEFAULT_RECORD = "/work/runs/record/badnet_fm"
 
@@ -83,17 +83,6 @@ class Counted(nn.Module):
         if x.requires_grad and torch.is_grad_enabled():
             x = _CountGrad.apply(x, self)
         return self.model(x)
-
-
-class ChannelsLast(nn.Module):
-    """The model with weights and input in ``channels_last`` memory format (same values)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model.to(memory_format=torch.channels_last)
-
-    def forward(self, x):
-        return self.model(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
 
 
 class Bf16Autocast(nn.Module):
@@ -365,7 +354,9 @@ def main(argv=None) -> int:
     for v in [v.strip() for v in args.variants.split(",") if v.strip()]:
         if v not in ("channels_last", "bf16", "channels_last_boxoff"):
             ap.error(f"--variants: unknown {v!r} (channels_last, channels_last_boxoff, bf16)")
-        inner = Bf16Autocast(model, torch.device(device).type) if v == "bf16" else ChannelsLast(copy.deepcopy(model))
+        # channels_last: BURN's own switch (PixelSpaceModel + set_channels_last) on a copy of the model
+        inner = Bf16Autocast(model, torch.device(device).type) if v == "bf16" else PixelSpaceModel(
+            set_channels_last(copy.deepcopy(model.model)), rec.spec.mean3, rec.spec.std3, channels_last=True).eval()
         vc = Counted(inner).eval()
         add(f"ours {v}", lambda k, vc=vc, v=v: run_ours(vc, x[:k], box_aware=v != "channels_last_boxoff",
                                                         grad_mode="loop", batch_size=args.batch_size,

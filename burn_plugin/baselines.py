@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .bench.datasets import choose_clean_index
+from .bench.datasets import choose_clean_index, index_text
 from .core.config import ConfigBase, _num, need
 from .core.tensors import PixelSpaceModel
 from .core.train import NonFiniteLoss, train_epochs
@@ -76,5 +76,5 @@ def _ft(*, record, model, config, device, evaluator, out: Path, resume, progress
         raise NonFiniteLossError(f"FT: {exc}; lower --lr") from None
     timings["finetune_s"] = time.time() - t0 - timings["eval_s"]
     return {"model": model, "history": history, "timings": timings,
-            "files": {"log/index.txt": lambda p: save_text("\n".join(map(str, idx.tolist())) + "\n", p)},
+            "files": {"log/index.txt": lambda p: save_text(index_text(idx), p)},
             "data_used": f"{cfg.ratio:.0%} clean subset of clean_train ({len(idx)} samples)"}

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bench.datasets import choose_clean_index
+from .bench.datasets import choose_clean_index, index_text
 from .core.ulrl import ULRLConfig, run_ulrl
 from .defend import register_defense
 from .errors import BadInputError, CorruptFileError, EmptySelectionError
@@ -98,7 +98,7 @@ def _balanced_bottom(score: np.ndarray, labels: np.ndarray, n: int) -> np.ndarra
 
 
 def _write_ints(values: np.ndarray):
-    return lambda p: save_text("".join(f"{int(v)}\n" for v in values), p)
+    return lambda p: save_text(index_text(values), p)
 
 
 @register_defense("ulrl", ULRLConfig)

@@ -371,6 +371,11 @@ def to_uint8_tensor(raw, spec: DatasetSpec, indices: Sequence[int] | None = None
     return torch.from_numpy(out)
 
 
+def index_text(idx) -> str:
+    """A clean-index file's text as BackdoorBench writes and reads it: one integer per line."""
+    return "".join(f"{int(i)}\n" for i in idx)
+
+
 def choose_clean_index(n: int, ratio: float, seed: int, index_file: str = "") -> np.ndarray:
     """BackdoorBench's ``choose_index``: the integers in ``index_file`` (one per line), else
     ``random.sample(range(n), int(n * ratio))`` with Python's ``random`` seeded by ``seed`` (a private

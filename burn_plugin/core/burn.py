@@ -163,13 +163,14 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
         counts.append((kp, kc, count_of(kp, n, "k_p"), count_of(kc, n, "k_c") if t > 0 else 0))
 
     model = model.to(device)
-    if _cl(cfg, data):
+    cl = _cl(cfg, data)
+    if cl:
         set_channels_last(model)
     frozen = copy.deepcopy(model).eval()
     for p in frozen.parameters():
         p.requires_grad_(False)
-    pixel_model = PixelSpaceModel(model, data.mean, data.std, channels_last=_cl(cfg, data)).to(device)
-    pixel_frozen = PixelSpaceModel(frozen, data.mean, data.std, channels_last=_cl(cfg, data)).to(device)
+    pixel_model = PixelSpaceModel(model, data.mean, data.std, channels_last=cl).to(device)
+    pixel_frozen = PixelSpaceModel(frozen, data.mean, data.std, channels_last=cl).to(device)
 
     t0 = time.time()
     bar = tqdm(total=n, desc="boundary analysis", unit="img", disable=not progress, leave=False)

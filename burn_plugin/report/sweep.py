@@ -292,15 +292,11 @@ def choose_yaml(root: Path, defense: str, dataset: str) -> str:
                         f"is incomplete (check --bb-root)")
 
 
-def index_text(idx) -> str:
-    return "".join(f"{int(i)}\n" for i in idx)
-
-
 def plan_index(info: AttackInfo, *, index: str | None, ratio: float, seed: int) -> None:
     """Fill ``info.index*``: the given ``--index`` (checked) or the sweep's own file (drawn, not written yet)."""
     import numpy as np
 
-    from ..bench.datasets import choose_clean_index
+    from ..bench.datasets import choose_clean_index, index_text
 
     if index:
         path = Path(index).expanduser().absolute()
