@@ -134,11 +134,12 @@ def test_early_exit_finished_samples_get_no_further_work():
     assert int(counts.min()) < 2 * int(k.max()) + 1
 
 
-def test_pool_size_does_not_change_results():
+@pytest.mark.parametrize("method", ["deepfool", "superdeepfool"])
+def test_pool_size_does_not_change_results(method):
     inner = SlowForSome()
     x = tagged(64, 1)
-    a = boundary_distances(inner, x, clip=None, batch_size=64, max_iter=30)
-    b = boundary_distances(inner, x, clip=None, batch_size=5, max_iter=30)
+    a = boundary_distances(inner, x, clip=None, batch_size=64, max_iter=30, method=method)
+    b = boundary_distances(inner, x, clip=None, batch_size=5, max_iter=30, method=method)
     assert torch.allclose(a.distance, b.distance, rtol=1e-6)
     assert torch.equal(a.adv_label, b.adv_label)
     assert torch.equal(a.iterations, b.iterations)
@@ -213,3 +214,99 @@ def test_box_aware_step_moves_only_free_pixels():
     assert bool((res.iterations == 1).all())
     rel = (res.distance.double() / 1.02 - expected).abs() / expected
     assert rel.max() < 0.01
+
+
+# ------------------------------------------------------------------------------------------------
+# SuperDeepFool (method="superdeepfool")
+
+class Parabola(nn.Module):
+    """Two classes in the plane: class 1 iff x_2 > a x_1^2 + 1 (a curved boundary, where DeepFool's
+    linearisation lands on a boundary point that is not the closest one)."""
+
+    def __init__(self, a: float):
+        super().__init__()
+        self.a = a
+
+    def forward(self, x):
+        u, v = x[:, 0], x[:, 1]
+        g = v - self.a * u ** 2 - 1
+        return torch.stack([torch.zeros_like(g), g], 1)
+
+
+def parabola_case(a: float, n: int = 120, seed: int = 0):
+    """Points below the parabola and their exact distance to it (dense search along the curve)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.stack([torch.rand(n, generator=gen, dtype=torch.float64) * 3 - 1.5,
+                     torch.rand(n, generator=gen, dtype=torch.float64) * 0.8 - 0.5], 1)
+    t = torch.linspace(-6, 6, 600_001, dtype=torch.float64)
+    exact = torch.cdist(x, torch.stack([t, a * t ** 2 + 1], 1)).min(1).values
+    return x, exact
+
+
+@pytest.mark.parametrize("a", [0.1, 0.3])
+def test_superdeepfool_reaches_the_closest_point_of_a_curved_boundary(a):
+    x, exact = parabola_case(a)
+    model = Parabola(a)
+    df = boundary_distances(model, x, clip=None, overshoot=0.02, batch_size=32)
+    sdf = boundary_distances(model, x, clip=None, overshoot=0.02, batch_size=32, method="superdeepfool")
+    assert bool(sdf.converged.all()) and bool((sdf.adv_label == 1).all())
+    rel = (sdf.distance.double() - exact) / exact
+    assert rel.min() > -1e-4          # never shorter than the minimum: each reported point is adversarial
+    assert rel.max() < 0.01           # and within 1% of it
+    # DeepFool (overshoot and all) is farther on this boundary; SDF starts from DeepFool's crossing and
+    # only shortens it
+    assert float(((df.distance.double() - exact) / exact).mean()) > 0.015
+    assert bool((sdf.distance <= df.distance * (1 + 1e-6)).all())
+
+
+def test_superdeepfool_on_a_strongly_curved_boundary_is_never_worse_than_deepfool():
+    x, exact = parabola_case(2.0, n=60, seed=1)
+    df = boundary_distances(Parabola(2.0), x, clip=None, batch_size=16)
+    sdf = boundary_distances(Parabola(2.0), x, clip=None, batch_size=16, method="superdeepfool", max_iter=30)
+    assert bool((sdf.distance <= df.distance * (1 + 1e-6)).all())
+    assert float(sdf.distance.double().mean()) < float(df.distance.double().mean())
+    assert float(((sdf.distance.double() - exact) / exact).min()) > -1e-4
+    assert int(sdf.iterations.max()) <= 30
+
+
+@pytest.mark.parametrize("candidates", [2, 7])
+def test_superdeepfool_on_affine_classifiers_matches_the_closed_form_without_overshoot(candidates):
+    """On an affine classifier DeepFool's first step is already normal to the boundary; SDF's line
+    search then removes the overshoot, so the distance is the closed form itself."""
+    model = affine(7, seed=6)
+    x = torch.randn(150, 3, 4, 4, dtype=torch.float64)
+    dist, kstar, k0 = closed_form(model, x)
+    res = boundary_distances(model, x, clip=None, overshoot=0.02, batch_size=40, method="superdeepfool",
+                             candidates=candidates)
+    assert bool(res.converged.all())
+    assert bool((res.clean_label == k0).all())
+    if candidates == 7:
+        assert bool((res.adv_label == kstar).all())
+        rel = ((res.distance.double() - dist) / dist).abs()
+        assert rel.max() < 0.01
+    assert bool((res.iterations <= 2).all())   # one DeepFool step, then the aligned perturbation stops it
+
+
+def test_superdeepfool_leaves_the_input_untouched_and_reports_failures():
+    x, _ = parabola_case(0.3, n=20)
+    before = x.clone()
+    boundary_distances(Parabola(0.3), x, clip=None, method="superdeepfool")
+    assert torch.equal(x, before)
+
+    class Flat(nn.Module):
+        def forward(self, x):
+            return torch.tensor([[2.0, 1.0]], dtype=x.dtype).expand(len(x), 2) + 0 * x.flatten(1).sum(1, keepdim=True)
+
+    res = boundary_distances(Flat(), x, clip=None, method="superdeepfool", max_iter=6)
+    assert not bool(res.converged.any()) and bool((res.iterations == 6).all())
+    assert torch.isfinite(res.distance).all() and bool((res.adv_label == 0).all())
+    with pytest.raises(ValueError, match="method"):
+        boundary_distances(Flat(), x, method="cw")
+
+
+def test_superdeepfool_respects_the_pixel_box():
+    model = affine(5, shape=(1, 4, 4), seed=7)
+    x = torch.rand(50, 1, 4, 4, dtype=torch.float64)
+    res = boundary_distances(model, x, clip=(0.0, 1.0), method="superdeepfool")
+    free = boundary_distances(model, x, clip=None, method="superdeepfool")
+    assert bool((res.distance >= free.distance * (1 - 1e-6)).all())   # the box can only lengthen the path

@@ -165,3 +165,23 @@ def test_killed_cli_run_resumes_to_the_same_result(tiny_record, tmp_path):
     b = torch.load(run_dir / "defense_result.pt", weights_only=True)["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_boundary_method_reaches_the_analysis_and_has_its_own_cache_entry(small_problem, tmp_path):
+    from burn_plugin.core.boundary import boundary_distances
+    from burn_plugin.core.burn import analyse_boundary
+    from burn_plugin.core.tensors import PixelSpaceModel
+
+    model, data = small_problem
+    model = copy.deepcopy(model)
+    df = analyse_boundary(model, data, cfg(), cache_dir=tmp_path)
+    sdf = analyse_boundary(model, data, cfg(boundary_method="superdeepfool"), cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("boundary_*.pt"))) == 2   # one cache file per method
+    direct = boundary_distances(PixelSpaceModel(model, MEAN, STD), data.x, max_iter=10, method="superdeepfool")
+    assert torch.allclose(sdf.distance, direct.distance)
+    assert bool((sdf.distance <= df.distance * (1 + 1e-5) + 1e-7).all())   # SDF only shortens DeepFool's path
+    assert float(sdf.distance.mean()) < float(df.distance.mean())
+    again = analyse_boundary(model, data, cfg(boundary_method="superdeepfool"), cache_dir=tmp_path)
+    assert torch.equal(again.distance, sdf.distance)
+    with pytest.raises(Exception, match="boundary_method"):
+        BurnConfig(boundary_method="fab")

@@ -29,6 +29,16 @@ Implementation notes (the hot path of BURN):
   the clip. Without any pixel on a bound this is exactly DeepFool; with them it is the minimal step
   within the box face (Foolbox/LTS4 clip after the step and can stall on images with saturated
   backgrounds, such as Fashion-MNIST's zeros).
+
+``method="superdeepfool"`` (SuperDeepFool, Abroshan et al., NeurIPS 2024, the variant SDF(inf, 1) with
+its final line search): DeepFool runs from the current point until the prediction flips at ``x~``;
+then ``x~`` is projected onto the line through the origin ``x0`` along the boundary's normal there,
+``x = x0 + ((x~ - x0) . w / ||w||^2) w`` with ``w = grad (f_adv - f_k0)(x~)``, and DeepFool starts
+again from ``x``. The loop ends when a projected point is itself adversarial (the perturbation is then
+orthogonal to the boundary, the optimality condition DeepFool alone does not reach on curved
+boundaries) or after ``max_iter`` gradient evaluations; the shortest adversarial point seen is then
+pulled back towards ``x0`` by a binary search on the segment (``search_iter`` forward passes), which
+also removes DeepFool's overshoot. Every DeepFool step and every projection counts as one iteration.
 """
 from __future__ import annotations
 
@@ -91,7 +101,8 @@ def _class_gradient_differences(out: torch.Tensor, xa: torch.Tensor, cand: torch
 def boundary_distances(model: nn.Module, x: torch.Tensor, *, candidates: int = 10, overshoot: float = 0.02,
                        max_iter: int = 50, batch_size: int = 256, clip: tuple | None = (0.0, 1.0),
                        grad_mode: str = "loop", device="cpu", progress=None, box_aware: bool = True,
-                       candidate_mode: str = "fixed") -> BoundaryResult:
+                       candidate_mode: str = "fixed", method: str = "deepfool",
+                       search_iter: int = 10) -> BoundaryResult:
     """Minimal L2 boundary distance of every image in ``x`` (uint8 or float ``(N, C, H, W)``).
 
     ``model`` maps the space ``x`` lives in to logits (wrap normalisation in for pixel space).
@@ -104,8 +115,12 @@ def boundary_distances(model: nn.Module, x: torch.Tensor, *, candidates: int = 1
     (clip after each step, gradients unmasked). ``candidate_mode="adaptive"`` re-ranks the ``c - 1``
     rival classes by the current logits at every iteration (the predicted class ``k0`` stays fixed)
     instead of fixing them from the clean logits; with ``candidates`` equal to the class count both
-    modes are identical.
+    modes are identical. ``method="superdeepfool"`` adds SuperDeepFool's projection steps and final
+    line search of ``search_iter`` halvings (see the module docstring).
     """
+    if method not in ("deepfool", "superdeepfool"):
+        raise ValueError(f"method must be 'deepfool' or 'superdeepfool', got {method!r}")
+    sdf = method == "superdeepfool"
     if grad_mode not in ("loop", "batched"):
         raise ValueError(f"grad_mode must be 'loop' or 'batched', got {grad_mode!r}")
     if candidate_mode not in ("fixed", "adaptive"):
@@ -138,6 +153,8 @@ def boundary_distances(model: nn.Module, x: torch.Tensor, *, candidates: int = 1
                          "r": torch.zeros_like(x0), "xa": x0.clone(),
                          "k0": torch.full((take,), -1, dtype=torch.long, device=device),
                          "cand": None, "it": torch.zeros(take, dtype=torch.long, device=device)}
+                if sdf:
+                    fresh.update(_sdf_state(x0))
                 pool = fresh if pool is None else _pool_cat(pool, fresh)
                 next_i += take
             xa = pool["xa"].detach().requires_grad_(True)
@@ -153,13 +170,19 @@ def boundary_distances(model: nn.Module, x: torch.Tensor, *, candidates: int = 1
             pred = out.argmax(1)
             crossed = (~new) & (pred != pool["k0"])
             done = crossed | ((~crossed) & (pool["it"] >= max_iter))
+            if sdf:
+                done = _sdf_update(out, xa, pred, crossed, pool, max_iter, lo, hi)
             if done.any():
                 g = pool["gidx"][done].cpu()
-                distance[g] = (pool["xa"][done] - pool["x0"][done]).flatten(1).norm(dim=1).float().cpu()
-                adv_label[g] = pred[done].cpu()
+                if sdf:
+                    dist, lab, ok = _sdf_finish(model, pool, done, search_iter)
+                    distance[g], adv_label[g], converged[g] = dist.float().cpu(), lab.cpu(), ok.cpu()
+                else:
+                    distance[g] = (pool["xa"][done] - pool["x0"][done]).flatten(1).norm(dim=1).float().cpu()
+                    adv_label[g] = pred[done].cpu()
+                    converged[g] = crossed[done].cpu()
                 clean_label[g] = pool["k0"][done].cpu()
                 iterations[g] = pool["it"][done].cpu()
-                converged[g] = crossed[done].cpu()
                 if progress is not None:
                     progress.update(int(done.sum()))
                 pool = _pool_take(pool, ~done)
@@ -173,6 +196,8 @@ def boundary_distances(model: nn.Module, x: torch.Tensor, *, candidates: int = 1
                 ranked[torch.arange(len(ranked), device=ranked.device), pool["k0"]] = float("inf")
                 pool["cand"] = ranked.topk(pool["cand"].shape[1], dim=1).indices   # column 0 stays k0
             _deepfool_step(out, xa, pool, overshoot, lo, hi, grad_mode, box_aware)
+            if sdf:
+                _sdf_restart(pool)
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
@@ -207,6 +232,93 @@ def _deepfool_step(out, xa, pool, overshoot, lo, hi, grad_mode, box_aware=True) 
         new_x = torch.max(torch.min(new_x, hi), lo) if isinstance(lo, torch.Tensor) else new_x.clamp(lo, hi)
     pool["xa"] = new_x
     pool["it"] += 1
+
+
+ALIGN_TOL = 1e-4
+
+
+def _sdf_state(x0: torch.Tensor) -> dict:
+    """SuperDeepFool's extra per-sample state: the origin (``x0`` becomes the start of the current
+    DeepFool run), the shortest adversarial point so far, and a pending projection."""
+    b = len(x0)
+    return {"origin": x0, "best": x0.clone(),
+            "best_norm": torch.full((b,), float("inf"), device=x0.device, dtype=x0.dtype),
+            "best_label": torch.full((b,), -1, dtype=torch.long, device=x0.device),
+            "projected": torch.zeros(b, dtype=torch.bool, device=x0.device),
+            "pending": torch.zeros(b, dtype=torch.bool, device=x0.device), "x_proj": x0.clone()}
+
+
+def _sdf_update(out, xa, pred, crossed, pool, max_iter, lo, hi) -> torch.Tensor:
+    """Record adversarial points, queue projections; return which samples are finished."""
+    norm = (pool["xa"] - pool["origin"]).flatten(1).norm(dim=1)
+    better = crossed & (norm < pool["best_norm"])
+    if better.any():
+        pool["best"][better] = pool["xa"][better]
+        pool["best_norm"][better] = norm[better]
+        pool["best_label"][better] = pred[better]
+    # a projected point that is adversarial ends the loop (SDF's stopping rule); so does the budget
+    done = (crossed & pool["projected"]) | (pool["it"] >= max_iter)
+    project = crossed & ~done
+    if project.any():
+        rows = torch.arange(len(pred), device=pred.device)
+        diff = (out[rows, pred] - out[rows, pool["k0"]])[project].sum()
+        w = torch.autograd.grad(diff, xa, retain_graph=True)[0][project].detach()
+        r = (pool["xa"][project] - pool["origin"][project])
+        dot = (r * w).flatten(1).sum(1)
+        w_norm = w.flatten(1).norm(dim=1)
+        # the perturbation is already (nearly) normal to the boundary: projecting would not move it
+        aligned = dot >= (1 - ALIGN_TOL) * r.flatten(1).norm(dim=1) * w_norm
+        idx = project.nonzero().squeeze(1)
+        done[idx[aligned]] = True
+        project[idx[aligned]] = False
+        keep = ~aligned
+        scale = dot[keep] / (w_norm[keep] ** 2 + 1e-24)
+        w = w[keep]
+        x_new = pool["origin"][project] + scale.view(-1, *([1] * (w.dim() - 1))) * w
+        if lo is not None:
+            x_new = torch.max(torch.min(x_new, hi), lo) if isinstance(lo, torch.Tensor) else x_new.clamp(lo, hi)
+        pool["x_proj"][project] = x_new
+    pool["pending"] = project
+    return done
+
+
+def _sdf_restart(pool: dict) -> None:
+    """Samples with a pending projection move there (instead of the DeepFool step just computed for
+    them) and start a new DeepFool run from it; the others have just taken a DeepFool step."""
+    p = pool["pending"]
+    pool["projected"] = p.clone()
+    if p.any():   # out of place: "x0" may share memory with the origin or with the caller's images
+        m = p.view(-1, *([1] * (pool["xa"].dim() - 1)))
+        pool["xa"] = torch.where(m, pool["x_proj"], pool["xa"])
+        pool["x0"] = torch.where(m, pool["x_proj"], pool["x0"])
+        pool["r"] = torch.where(m, torch.zeros_like(pool["r"]), pool["r"])
+    pool["pending"] = torch.zeros_like(p)
+
+
+@torch.no_grad()
+def _sdf_finish(model, pool, done, search_iter):
+    """Distance, adversarial label and success of finished samples: binary search on the segment from
+    the origin to the shortest adversarial point found (the last point where none was found)."""
+    origin, best = pool["origin"][done], pool["best"][done]
+    k0, label = pool["k0"][done], pool["best_label"][done].clone()
+    ok = torch.isfinite(pool["best_norm"][done])
+    # no adversarial point within the budget: report the last iterate, like DeepFool
+    last = pool["xa"][done]
+    best[~ok] = last[~ok]
+    high = torch.ones(len(k0), device=k0.device, dtype=origin.dtype)
+    if ok.any() and search_iter > 0:
+        low = torch.zeros_like(high)
+        view = (-1,) + (1,) * (origin.dim() - 1)
+        for _ in range(search_iter):
+            mid = (low + high) / 2
+            pred = model(origin + mid.view(view) * (best - origin)).argmax(1)
+            adv = (pred != k0) & ok
+            high = torch.where(adv, mid, high)
+            low = torch.where(adv | ~ok, low, mid)
+            label = torch.where(adv, pred, label)
+    dist = high * (best - origin).flatten(1).norm(dim=1)
+    label = torch.where(ok, label, model(last).argmax(1))
+    return dist, label, ok
 
 
 def _pool_cat(a: dict, b: dict) -> dict:

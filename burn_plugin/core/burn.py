@@ -92,7 +92,8 @@ def analyse_boundary(model: nn.Module, data: BurnData, cfg: BurnConfig, *, devic
     key = None
     if cache_dir is not None:
         settings = (cfg.candidates, cfg.overshoot, cfg.max_iter, cfg.distance_space, cfg.box_aware,
-                    tuple(data.mean), tuple(data.std)) + ((cfg.candidate_mode,) if cfg.candidate_mode != "fixed" else ())
+                    tuple(data.mean), tuple(data.std)) + ((cfg.candidate_mode,) if cfg.candidate_mode != "fixed" else ()) \
+            + ((cfg.boundary_method, cfg.search_iter) if cfg.boundary_method != "deepfool" else ())
         key = state_hash(model.state_dict(), data.x, extra=repr(settings))
         f = Path(cache_dir) / f"boundary_{key}.pt"
         if f.is_file():
@@ -110,7 +111,8 @@ def analyse_boundary(model: nn.Module, data: BurnData, cfg: BurnConfig, *, devic
     x = data.x if pre is None else _NormalizedView(data.x, pre)
     res = boundary_distances(attacked, x, candidates=cfg.candidates, overshoot=cfg.overshoot, max_iter=cfg.max_iter,
                              batch_size=cfg.boundary_batch_size, clip=clip, grad_mode=cfg.grad_mode, device=device,
-                             progress=progress, box_aware=cfg.box_aware, candidate_mode=cfg.candidate_mode)
+                             progress=progress, box_aware=cfg.box_aware, candidate_mode=cfg.candidate_mode,
+                             method=cfg.boundary_method, search_iter=cfg.search_iter)
     if key is not None:
         from ..fileio import save_torch
 
