@@ -34,9 +34,16 @@ Implementation notes (the hot path of BURN):
 its final line search): DeepFool runs from the current point until the prediction flips at ``x~``;
 then ``x~`` is projected onto the line through the origin ``x0`` along the boundary's normal there,
 ``x = x0 + ((x~ - x0) . w / ||w||^2) w`` with ``w = grad (f_adv - f_k0)(x~)``, and DeepFool starts
-again from ``x``. The loop ends when a projected point is itself adversarial (the perturbation is then
-orthogonal to the boundary, the optimality condition DeepFool alone does not reach on curved
-boundaries) or after ``max_iter`` gradient evaluations; the shortest adversarial point seen is then
+again from ``x``. The loop ends when a projected point is itself adversarial (SDF's rule), when the
+perturbation at ``x~`` is already normal to the boundary (cosine with ``w`` at least ``1 - ALIGN_TOL``,
+i.e. within 0.8 degrees: the optimality condition DeepFool alone does not reach on curved boundaries,
+and the point where a projection would no longer move), or after ``max_iter`` gradient evaluations.
+Without the alignment stop a perturbation that is normal up to rounding is projected again and
+again (the projection of a point just past a curved boundary lands just short of it), spending the
+whole budget; on the tests' parabola it cut iterations from 34 to 15 at the same accuracy. This
+projection through ``x0`` is the paper's Algorithm; the authors' code and adversarial-library add
+the projected step to the current point instead, which stops sooner with longer distances (mean
+error 0.9% against 0.04% on that parabola). The shortest adversarial point seen is then
 pulled back towards ``x0`` by a binary search on the segment (``search_iter`` forward passes), which
 also removes DeepFool's overshoot. Every DeepFool step and every projection counts as one iteration.
 """
@@ -171,7 +178,7 @@ def boundary_distances(model: nn.Module, x: torch.Tensor, *, candidates: int = 1
             crossed = (~new) & (pred != pool["k0"])
             done = crossed | ((~crossed) & (pool["it"] >= max_iter))
             if sdf:
-                done = _sdf_update(out, xa, pred, crossed, pool, max_iter, lo, hi)
+                done = _sdf_update(out, xa, pred, crossed, pool, max_iter, lo, hi, box_aware)
             if done.any():
                 g = pool["gidx"][done].cpu()
                 if sdf:
@@ -216,9 +223,8 @@ def _deepfool_step(out, xa, pool, overshoot, lo, hi, grad_mode, box_aware=True) 
         # box-aware step: at pixels already on a bound, drop gradient components that point out of the
         # box, so the linearised step lands on the boundary within the feasible face instead of being
         # cancelled by the clip (black backgrounds at 0 otherwise stall DeepFool for dozens of steps)
-        x = pool["xa"].unsqueeze(1)
         low, high = (lo.unsqueeze(1), hi.unsqueeze(1)) if isinstance(lo, torch.Tensor) else (lo, hi)
-        w = w.masked_fill(((x <= low) & (w < 0)) | ((x >= high) & (w > 0)), 0.0)
+        w = _box_mask(w, pool["xa"].unsqueeze(1), low, high)
     w_norm = w.reshape(b, c - 1, -1).norm(dim=2) + 1e-12
     best = (f_diff.abs() / w_norm).argmin(1)
     step = (f_diff[rows, best].abs() * (1 + 1e-4) + 1e-12) / w_norm[rows, best] ** 2
@@ -237,6 +243,11 @@ def _deepfool_step(out, xa, pool, overshoot, lo, hi, grad_mode, box_aware=True) 
 ALIGN_TOL = 1e-4
 
 
+def _box_mask(w: torch.Tensor, x: torch.Tensor, lo, hi) -> torch.Tensor:
+    """``w`` without the components that point out of the box at pixels of ``x`` already on a bound."""
+    return w.masked_fill(((x <= lo) & (w < 0)) | ((x >= hi) & (w > 0)), 0.0)
+
+
 def _sdf_state(x0: torch.Tensor) -> dict:
     """SuperDeepFool's extra per-sample state: the origin (``x0`` becomes the start of the current
     DeepFool run), the shortest adversarial point so far, and a pending projection."""
@@ -248,7 +259,7 @@ def _sdf_state(x0: torch.Tensor) -> dict:
             "pending": torch.zeros(b, dtype=torch.bool, device=x0.device), "x_proj": x0.clone()}
 
 
-def _sdf_update(out, xa, pred, crossed, pool, max_iter, lo, hi) -> torch.Tensor:
+def _sdf_update(out, xa, pred, crossed, pool, max_iter, lo, hi, box_aware) -> torch.Tensor:
     """Record adversarial points, queue projections; return which samples are finished."""
     norm = (pool["xa"] - pool["origin"]).flatten(1).norm(dim=1)
     better = crossed & (norm < pool["best_norm"])
@@ -263,6 +274,8 @@ def _sdf_update(out, xa, pred, crossed, pool, max_iter, lo, hi) -> torch.Tensor:
         rows = torch.arange(len(pred), device=pred.device)
         diff = (out[rows, pred] - out[rows, pool["k0"]])[project].sum()
         w = torch.autograd.grad(diff, xa, retain_graph=True)[0][project].detach()
+        if lo is not None and box_aware:   # the normal within the box face, as in the DeepFool step
+            w = _box_mask(w, pool["xa"][project], lo, hi)
         r = (pool["xa"][project] - pool["origin"][project])
         dot = (r * w).flatten(1).sum(1)
         w_norm = w.flatten(1).norm(dim=1)
