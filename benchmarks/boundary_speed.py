@@ -144,11 +144,12 @@ def build_pixel_model(rec, name: str | None, train_steps: int, seed: int, device
 # the attacks; each returns distance, adv_label, converged (CPU) and optionally iterations
 
 def run_ours(model, x, *, box_aware: bool, grad_mode: str, batch_size: int, device, chunked: bool = False,
-             max_iter: int = 50, candidates: int = 10, overshoot: float = 0.02, candidate_mode: str = "fixed"):
+             max_iter: int = 50, candidates: int = 10, overshoot: float = 0.02, candidate_mode: str = "fixed",
+             method: str = "deepfool"):
     def call(xs):
         return boundary_distances(model, xs, candidates=candidates, overshoot=overshoot, max_iter=max_iter,
                                   batch_size=batch_size, clip=(0.0, 1.0), grad_mode=grad_mode, device=device,
-                                  box_aware=box_aware, candidate_mode=candidate_mode)
+                                  box_aware=box_aware, candidate_mode=candidate_mode, method=method)
     if chunked:  # no refilling across chunks: each call's pool only shrinks, as in a plain batched attack
         from burn_plugin.core.boundary import BoundaryResult
 
@@ -255,6 +256,9 @@ def main(argv=None) -> int:
     ap.add_argument("--adaptive", default="", help="comma list of candidate counts c: for each, ours with the c-1 "
                     "rivals re-ranked every iteration (candidate_mode=adaptive) and with fixed clean top-c, "
                     "box_aware=True, e.g. 3,5")
+    ap.add_argument("--sdf", default="", help="comma list of max_iter budgets for extra runs of ours with "
+                    "boundary_method=superdeepfool (box_aware=True, fixed top-10), e.g. 12,50: their cost and "
+                    "distances against DeepFool's")
     ap.add_argument("--variants", default="", help="comma list of model variants for ours (box_aware=True): "
                     "channels_last, bf16 (autocast)")
     ap.add_argument("--repeat", type=int, default=2, help="interleaved timing rounds (fastest kept; results are "
@@ -349,6 +353,10 @@ def main(argv=None) -> int:
             add(f"ours {mode} c{c}", lambda k, c=c, mode=mode: run_ours(
                 counted, x[:k], box_aware=True, grad_mode="loop", batch_size=args.batch_size, device=device,
                 candidates=c, candidate_mode=mode), n)
+    for m in [int(v) for v in args.sdf.split(",") if v.strip()]:
+        add(f"ours superdeepfool it{m}", lambda k, m=m: run_ours(
+            counted, x[:k], box_aware=True, grad_mode="loop", batch_size=args.batch_size, device=device,
+            max_iter=m, method="superdeepfool"), n)
     import copy
 
     for v in [v.strip() for v in args.variants.split(",") if v.strip()]:
@@ -443,7 +451,8 @@ def main(argv=None) -> int:
     for name, r in runs.items():
         if name.startswith("ours"):
             print(f"  {name:<32} {r['per_s']:8.2f} samples/s  x{r['per_s'] / ours_t['per_s']:.2f}")
-    variants = [k for k in runs if k.startswith(("ours adaptive", "ours fixed c", "ours channels_last", "ours bf16"))
+    variants = [k for k in runs if k.startswith(("ours adaptive", "ours fixed c", "ours channels_last", "ours bf16",
+                                                 "ours superdeepfool"))
                 and not k.endswith("boxoff")]
     if variants:
         print("\nagreement of the candidate modes and model variants with the default (ours box_aware=True, fixed "

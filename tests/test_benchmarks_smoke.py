@@ -46,13 +46,20 @@ def test_boundary_speed_runs(hand_record, tmp_path, capsys):
     bs = _load("boundary_speed")
     out = tmp_path / "bs.json"
     rc = bs.main(["--record", str(hand_record.folder), "-n", "8", "--ta-n", "2", "--repeat", "1",
-                  "--batch-size", "4", "--threads", "1", "--json", str(out)])
+                  "--batch-size", "4", "--threads", "1", "--sdf", "6", "--json", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
-    for key in ("throughput", "speed-up", "agreement with ours", "each setting's effect"):
+    for key in ("throughput", "speed-up", "agreement with ours", "each setting's effect",
+                "agreement of the candidate modes and model variants"):
         assert key in text
     d = json.loads(out.read_text())
     assert d["runs"]["ours box_aware=False"]["n"] == 8
+    assert "ours superdeepfool it6 vs default" in d["agreement"]
+    sdf, df = d["runs"]["ours superdeepfool it6"], d["runs"]["ours box_aware=True"]
+    assert max(sdf["iterations"]) <= 6
+    # SDF starts from DeepFool's crossing and only shortens it (both converged)
+    assert all(s <= f * (1 + 1e-5) for s, f, cs, cf in zip(sdf["distance"], df["distance"], sdf["converged"],
+                                                          df["converged"]) if cs and cf)
     assert d["agreement"]["ours batched box_aware=False"]["median_rel_diff"] == pytest.approx(0.0, abs=1e-6)
 
 
