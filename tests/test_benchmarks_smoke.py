@@ -73,3 +73,20 @@ def test_end_to_end_record_and_tiny(hand_record, capsys):
     assert e2e.main(["--synthetic-tiny", "--tiny-n", "300", "--tiny-slice", "4", "--threads", "1"]) == 0
     text = capsys.readouterr().out
     assert "boundary_s" in text and "peak RSS" in text and "predict over 300" in text
+
+
+def test_oracle_distance_diagnostic(hand_record, tmp_path, capsys):
+    od = _load("oracle_distance")
+    before = sorted(p.name for p in hand_record.folder.iterdir())
+    out = tmp_path / "oracle.json"
+    # 40 training samples, 6 poisoned: relabel the top 10% (4 samples), keep the bottom 20% (8) as clean
+    assert od.main(["--record", str(hand_record.folder), "--real", "--json", str(out),
+                    "--set", "rounds=1", "--set", "epochs=1", "--set", "k_p0=10", "--set", "k_pT=10",
+                    "--set", "k_c0=20", "--set", "k_cT=20", "--set", "max_iter=5"]) == 0
+    assert sorted(p.name for p in hand_record.folder.iterdir()) == before   # nothing written into the record
+    d = json.loads(out.read_text())
+    # raised distances put exactly the poisoned samples in phase 1's relabelled set
+    assert d["oracle"][0]["relabelled_poison_share"] == 1.0
+    assert d["oracle"][1]["clean_set_poison"] == 0   # BD ranks every poisoned sample top, so none is kept as clean
+    assert [r["round"] for r in d["oracle"]] == [0, 1] and [r["round"] for r in d["real"]] == [0, 1]
+    assert "oracle distances" in capsys.readouterr().out
