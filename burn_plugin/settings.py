@@ -149,6 +149,9 @@ def add_algorithm_flags(parser: argparse.ArgumentParser, config_classes=(BurnCon
                 kwargs["nargs"] = len(default)
             elif kind in (int, float, str):
                 kwargs["type"] = kind
+            choices = getattr(config_cls, "_CHOICES", {}).get(f.name)
+            if choices:
+                kwargs["metavar"] = "{" + ",".join(choices) + "}"
             flag(group, f.name, help=f"default {default!r}", **kwargs)
 
 

@@ -18,7 +18,10 @@ the rest open; each open choice is a key here, with the default and its reason:
 - ``boundary_method = "deepfool"``: the paper's section 2.3 attack. ``"superdeepfool"`` (the paper's
   reference [1]) adds projection steps that make the perturbation orthogonal to the boundary, and a
   final binary line search of ``search_iter = 10`` halvings (SuperDeepFool's own default); it gives
-  shorter, more nearly minimal distances at the price of more gradient evaluations per sample.
+  shorter, more nearly minimal distances at the price of more gradient evaluations per sample
+  (``max_iter`` then bounds DeepFool steps and projections together). On our Fashion-MNIST BadNets
+  record with ``max_iter = 12`` it took 1136 s against DeepFool's 255 s, raised AUROC of l from 0.63
+  to 0.67 and did not change BURN's outcome, so DeepFool stays the default.
 - ``distance_space = "pixel"``: distances in [0, 1] pixel space with clipping to [0, 1], the space the
   paper's Table 1 magnitudes and every attack library use; ``"input"`` measures in the normalised
   model-input space instead (no clipping).
@@ -130,7 +133,8 @@ class BurnConfig(ConfigBase):
 
     _CHOICES = {"distance_space": ("pixel", "input"), "distance_model": ("frozen", "current"),
                 "grad_mode": ("loop", "batched"),
-                "candidate_mode": ("fixed", "adaptive"), "boundary_method": ("deepfool", "superdeepfool"), "pd_output": ("softmax", "logits")}
+                "candidate_mode": ("fixed", "adaptive"), "boundary_method": ("deepfool", "superdeepfool"),
+                "pd_output": ("softmax", "logits")}
 
     def validate(self) -> None:
         need(isinstance(self.rounds, int) and self.rounds >= 0, f"rounds must be an integer >= 0, got {self.rounds!r}")
