@@ -152,7 +152,8 @@ def add_algorithm_flags(parser: argparse.ArgumentParser, config_classes=(BurnCon
             choices = getattr(config_cls, "_CHOICES", {}).get(f.name)
             if choices:
                 kwargs["metavar"] = "{" + ",".join(choices) + "}"
-            flag(group, f.name, help=f"default {default!r}", **kwargs)
+            what = getattr(config_cls, "_HELP", {}).get(f.name)
+            flag(group, f.name, help=f"{what}; default {default!r}" if what else f"default {default!r}", **kwargs)
 
 
 def _bool(s: str) -> bool:

@@ -125,3 +125,18 @@ def test_info_on_a_good_record(capsys, hand_record):
     assert "mnist" in out and "smallresnet" in out
     assert "no defense:   ACC 0.9100  ASR 0.9700  RA 0.0200" in out
     assert f"bd_test:      {N_TEST - (hand_record.yte == 0).sum()} samples" in out
+
+
+def test_defend_help_explains_every_burn_setting(capsys):
+    import pytest
+
+    from burn_plugin.core.config import BurnConfig
+
+    assert set(BurnConfig._HELP) == set(BurnConfig.keys())   # a new key needs its line of help
+    with pytest.raises(SystemExit) as exc:
+        main(["defend", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())   # argparse wraps lines
+    assert "--boundary_method {deepfool,superdeepfool}" in text
+    for key in ("rounds", "candidate_mode", "distance_model"):
+        assert " ".join(BurnConfig._HELP[key].replace("%%", "%").split()) in text

@@ -57,6 +57,7 @@ class ConfigBase:
     label = "BURN"
     _OPTIONAL_STR: tuple = ()  # string keys where YAML null / "None" mean "not given"
     _CHOICES: dict = {}        # key -> allowed string values
+    _HELP: dict = {}           # key -> one line for --help
 
     def __post_init__(self):
         self.validate()
@@ -131,6 +132,37 @@ class BurnConfig(ConfigBase):
     random_seed: int = 0
     eval_every_round: bool = True
 
+    _HELP = {
+        "rounds": "T, the number of phase-2 rounds",
+        "k_p0": "%% of training samples relabelled in phase 1 (top by l) ...",
+        "k_pT": "... rising linearly to this %% in the last round (top by S)",
+        "k_c0": "%% kept as clean (bottom by S) in round 1 ...",
+        "k_cT": "... rising linearly to this %%",
+        "w0": "weight of PD in S = (1-w) BD + w PD in round 0 ...",
+        "wT": "... rising linearly to this",
+        "epochs": "fine-tuning epochs per round",
+        "lr": "Adam learning rate (fixed)",
+        "adam_betas": "Adam betas",
+        "wd": "Adam weight decay",
+        "batch_size": "fine-tuning batch size",
+        "augment": "the dataset's train augmentation while fine-tuning (scoring never augments)",
+        "reset_optimizer": "a fresh Adam every round",
+        "boundary_method": "boundary attack for l(x): DeepFool (paper) or SuperDeepFool",
+        "candidates": "rival classes considered per sample (top-c by logit)",
+        "candidate_mode": "rivals fixed from the clean logits, or re-ranked every iteration",
+        "overshoot": "DeepFool overshoot",
+        "max_iter": "gradient evaluations per sample before giving up (reported as not converged)",
+        "search_iter": "SuperDeepFool's final line-search halvings",
+        "boundary_batch_size": "images per batch in boundary analysis and scoring",
+        "distance_space": "measure l(x) in [0,1] pixel space (clipped) or in the normalised input space",
+        "distance_model": "l(x) once on the frozen infected model, or recomputed every round on the current one",
+        "box_aware": "DeepFool step ignores gradient parts pointing out of [0,1] at saturated pixels",
+        "grad_mode": "class gradients by a loop of backward passes or one batched call",
+        "channels_last": "channels-last memory format during the run (speed only)",
+        "pd_output": "f in PD: softmax outputs or logits",
+        "random_seed": "seed for shuffling and augmentation",
+        "eval_every_round": "ACC/ASR/RA after every round (reporting only; off: only at the end)",
+    }
     _CHOICES = {"distance_space": ("pixel", "input"), "distance_model": ("frozen", "current"),
                 "grad_mode": ("loop", "batched"),
                 "candidate_mode": ("fixed", "adaptive"), "boundary_method": ("deepfool", "superdeepfool"),
