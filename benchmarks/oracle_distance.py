@@ -79,7 +79,7 @@ def main(argv=None) -> int:
             rows.append(row)
             share = row["relabelled_poison_share"]
             print(f"  round {row['round']:2d}  ACC {row['test_acc']:.4f}  ASR {row['test_asr']:.4f}  "
-                  f"RA {row['test_ra']:.4f}  relabelled set poison {share:.3f}  "
+                  f"RA {row['test_ra']:.4f}  relabelled set poison {'-' if share is None else f'{share:.3f}'}  "
                   f"poisoned in clean set {row['clean_set_poison']}")
         out[name] = rows
     if args.json:
