@@ -176,9 +176,10 @@ def boundary_distances(model: nn.Module, x: torch.Tensor, *, candidates: int = 1
                 pool["k0"][new] = top[:, 0]
             pred = out.argmax(1)
             crossed = (~new) & (pred != pool["k0"])
-            done = crossed | ((~crossed) & (pool["it"] >= max_iter))
             if sdf:
                 done = _sdf_update(out, xa, pred, crossed, pool, max_iter, lo, hi, box_aware)
+            else:
+                done = crossed | (pool["it"] >= max_iter)
             if done.any():
                 g = pool["gidx"][done].cpu()
                 if sdf:
@@ -232,15 +233,24 @@ def _deepfool_step(out, xa, pool, overshoot, lo, hi, grad_mode, box_aware=True) 
         # Foolbox/LTS4 semantics: an absolute 1e-4 added to the step length, so a step the clip
         # partly cancels still creeps across instead of stalling just short of the boundary
         step = step + 1e-4 / w_norm[rows, best]
-    pool["r"] += step.view(-1, *([1] * (xa.dim() - 1))) * w[rows, best]
-    new_x = pool["x0"] + (1 + overshoot) * pool["r"]
-    if lo is not None:
-        new_x = torch.max(torch.min(new_x, hi), lo) if isinstance(lo, torch.Tensor) else new_x.clamp(lo, hi)
-    pool["xa"] = new_x
+    pool["r"] += _per_sample(step, xa) * w[rows, best]
+    pool["xa"] = _clip(pool["x0"] + (1 + overshoot) * pool["r"], lo, hi)
     pool["it"] += 1
 
 
 ALIGN_TOL = 1e-4
+
+
+def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample vector ``(B,)`` shaped to broadcast against ``like`` ``(B, ...)``."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _clip(x: torch.Tensor, lo, hi) -> torch.Tensor:
+    """``x`` clipped to the pixel box (scalar or per-pixel tensor bounds); unchanged without one."""
+    if lo is None:
+        return x
+    return torch.max(torch.min(x, hi), lo) if isinstance(lo, torch.Tensor) else x.clamp(lo, hi)
 
 
 def _box_mask(w: torch.Tensor, x: torch.Tensor, lo, hi) -> torch.Tensor:
@@ -276,21 +286,17 @@ def _sdf_update(out, xa, pred, crossed, pool, max_iter, lo, hi, box_aware) -> to
         w = torch.autograd.grad(diff, xa, retain_graph=True)[0][project].detach()
         if lo is not None and box_aware:   # the normal within the box face, as in the DeepFool step
             w = _box_mask(w, pool["xa"][project], lo, hi)
-        r = (pool["xa"][project] - pool["origin"][project])
-        dot = (r * w).flatten(1).sum(1)
+        dot = ((pool["xa"][project] - pool["origin"][project]) * w).flatten(1).sum(1)
         w_norm = w.flatten(1).norm(dim=1)
         # the perturbation is already (nearly) normal to the boundary: projecting would not move it
-        aligned = dot >= (1 - ALIGN_TOL) * r.flatten(1).norm(dim=1) * w_norm
+        aligned = dot >= (1 - ALIGN_TOL) * norm[project] * w_norm   # norm: ||x~ - x0||, from above
         idx = project.nonzero().squeeze(1)
         done[idx[aligned]] = True
         project[idx[aligned]] = False
         keep = ~aligned
         scale = dot[keep] / (w_norm[keep] ** 2 + 1e-24)
         w = w[keep]
-        x_new = pool["origin"][project] + scale.view(-1, *([1] * (w.dim() - 1))) * w
-        if lo is not None:
-            x_new = torch.max(torch.min(x_new, hi), lo) if isinstance(lo, torch.Tensor) else x_new.clamp(lo, hi)
-        pool["x_proj"][project] = x_new
+        pool["x_proj"][project] = _clip(pool["origin"][project] + _per_sample(scale, w) * w, lo, hi)
     pool["pending"] = project
     return done
 
@@ -301,7 +307,7 @@ def _sdf_restart(pool: dict) -> None:
     p = pool["pending"]
     pool["projected"] = p.clone()
     if p.any():   # out of place: "x0" may share memory with the origin or with the caller's images
-        m = p.view(-1, *([1] * (pool["xa"].dim() - 1)))
+        m = _per_sample(p, pool["xa"])
         pool["xa"] = torch.where(m, pool["x_proj"], pool["xa"])
         pool["x0"] = torch.where(m, pool["x_proj"], pool["x0"])
         pool["r"] = torch.where(m, torch.zeros_like(pool["r"]), pool["r"])
@@ -321,10 +327,9 @@ def _sdf_finish(model, pool, done, search_iter):
     high = torch.ones(len(k0), device=k0.device, dtype=origin.dtype)
     if ok.any() and search_iter > 0:
         low = torch.zeros_like(high)
-        view = (-1,) + (1,) * (origin.dim() - 1)
         for _ in range(search_iter):
             mid = (low + high) / 2
-            pred = model(origin + mid.view(view) * (best - origin)).argmax(1)
+            pred = model(origin + _per_sample(mid, origin) * (best - origin)).argmax(1)
             adv = (pred != k0) & ok
             high = torch.where(adv, mid, high)
             low = torch.where(adv | ~ok, low, mid)
