@@ -14,6 +14,7 @@ from burn_plugin.bench.models import build_model
 from burn_plugin.core.burn import BurnData, run_burn
 from burn_plugin.core.config import BurnConfig
 from burn_plugin.errors import EmptySelectionError
+from burn_plugin.fileio import FileBoundaryCache, FileCheckpoint
 
 from synthetic import class_images
 
@@ -75,8 +76,16 @@ def test_channels_last_changes_speed_not_results(small_problem, reference_run):
     on = run_burn(copy.deepcopy(model), data, cfg(channels_last=True), progress=False)
     off = reference_run   # channels_last=False is the default
     assert torch.allclose(on.boundary.distance, off.boundary.distance, rtol=1e-4, atol=1e-6)
-    # float rounding may tip a sample that lands near where two rival boundaries meet
-    assert float((on.boundary.adv_label == off.boundary.adv_label).float().mean()) >= 0.98
+    # DeepFool's step lands on the boundary (the overshoot and nudge push it just past), so float
+    # rounding can decide on which side an iterate ends: one layout reports the crossing, the other
+    # not yet (its label is then still the clean prediction). That is the only way the adversarial
+    # labels may differ: wherever they do, exactly one of the two runs did not converge.
+    a, b = on.boundary, off.boundary
+    differ = a.adv_label != b.adv_label
+    assert torch.equal(a.clean_label, b.clean_label)
+    assert bool((a.converged[differ] ^ b.converged[differ]).all()), differ.nonzero().flatten().tolist()
+    unconverged = torch.where(a.converged, b.adv_label, a.adv_label)[differ]
+    assert torch.equal(unconverged, a.clean_label[differ])
     assert [s.poison.tolist() for s in on.selections] == [s.poison.tolist() for s in off.selections]
     for k, a in on.model.state_dict().items():
         assert a.is_contiguous(), f"{k} handed back in channels_last layout"
@@ -94,9 +103,11 @@ def test_resume_after_interruption_equals_uninterrupted_run(small_problem, refer
             raise Killed
 
     with pytest.raises(Killed):
-        run_burn(copy.deepcopy(model), data, cfg(), progress=False, checkpoint_dir=tmp_path, on_round=stop_after_round_1)
+        run_burn(copy.deepcopy(model), data, cfg(), progress=False, checkpoint=FileCheckpoint(tmp_path),
+                 on_round=stop_after_round_1)
     assert (tmp_path / "last.pt").is_file()
-    resumed = run_burn(copy.deepcopy(model), data, cfg(), progress=False, checkpoint_dir=tmp_path, resume=True)
+    resumed = run_burn(copy.deepcopy(model), data, cfg(), progress=False, checkpoint=FileCheckpoint(tmp_path),
+                       resume=True)
     assert [h["round"] for h in resumed.history] == [0, 1, 2, 3]
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
@@ -174,14 +185,14 @@ def test_boundary_method_reaches_the_analysis_and_has_its_own_cache_entry(small_
 
     model, data = small_problem
     model = copy.deepcopy(model)
-    df = analyse_boundary(model, data, cfg(), cache_dir=tmp_path)
-    sdf = analyse_boundary(model, data, cfg(boundary_method="superdeepfool"), cache_dir=tmp_path)
+    df = analyse_boundary(model, data, cfg(), cache=FileBoundaryCache(tmp_path))
+    sdf = analyse_boundary(model, data, cfg(boundary_method="superdeepfool"), cache=FileBoundaryCache(tmp_path))
     assert len(list(tmp_path.glob("boundary_*.pt"))) == 2   # one cache file per method
     direct = boundary_distances(PixelSpaceModel(model, MEAN, STD), data.x, max_iter=10, method="superdeepfool")
     assert torch.allclose(sdf.distance, direct.distance)
     assert bool((sdf.distance <= df.distance * (1 + 1e-5) + 1e-7).all())   # SDF only shortens DeepFool's path
     assert float(sdf.distance.mean()) < float(df.distance.mean())
-    again = analyse_boundary(model, data, cfg(boundary_method="superdeepfool"), cache_dir=tmp_path)
+    again = analyse_boundary(model, data, cfg(boundary_method="superdeepfool"), cache=FileBoundaryCache(tmp_path))
     assert torch.equal(again.distance, sdf.distance)
     with pytest.raises(Exception, match="boundary_method"):
         BurnConfig(boundary_method="fab")
