@@ -273,7 +273,7 @@ def test_fixes_are_applied_and_recorded(swept):
     assert "cuda-fallback" in runs["i-bau"]["fixes"] and "hardsigmoid" not in runs["i-bau"]["fixes"]
     assert runs["i-bau"]["fixes_acted"]["cuda-fallback"] == 1
     assert swept["ev1"]["i-bau"]["zeros_like_device"] == "cpu"
-    assert runs["i-bau"]["fixes_acted"]["torch-load"] == 1  # the record has numpy arrays: weights_only=False
+    assert runs["i-bau"]["fixes_acted"]["torch-load"] == 1  # the record has numpy arrays: allowed, nothing else
     assert "bd_train" in swept["ev1"]["i-bau"]["record_keys"]
     assert runs["ft-sam"]["fixes_acted"]["ftsam-index"] == 1
     assert runs["fp"]["fixes_acted"]["torch-load"] == 0  # recorded honestly: the fake FP never loads a file
@@ -439,6 +439,74 @@ def test_which_defense_gets_which_fix():
     assert "hardsigmoid" not in S.fixes_for("i-bau", "mnist", "preactresnet18")
     assert S.fixes_for("ft-sam", "mnist", "x")[-3:] == ["ftsam-index", "mnist-rgb", "mnist-denorm"]
     assert S.fixes_for("burn", "mnist", "mobilenet_v3_large") == []
+
+
+    assert S.fixes_for("fp", "mnist", "x", trusted=True)[:2] == ["np-infty", "torch-load-trusted"]
+
+
+class Planted:
+    """Unpickling this creates the marker folder (code from the file running)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+EVIL_FP = """import sys, torch
+torch.load("record/%s/attack_result.pt")   # as BackdoorBench's load_attack_result does
+""" % "evil"
+
+
+def plant_evil_record(root: Path, marker: Path) -> Path:
+    """record/evil/: the hand record's files, its attack_result.pt carrying a planted object."""
+    src, dst = root / "record" / ATTACK, root / "record" / "evil"
+    import shutil
+
+    shutil.copytree(src, dst)
+    obj = torch.load(src / "attack_result.pt", weights_only=False)
+    obj["evil"] = Planted(marker)
+    torch.save(obj, dst / "attack_result.pt")
+    torch.save({"dataset": "mnist"}, dst / "info.pickle")
+    (root / "defense" / "fp.py").write_text(EVIL_FP)
+    return dst
+
+
+def test_sweep_refuses_a_record_that_would_run_code_unless_trusted(fake_bb, tmp_path):
+    marker = tmp_path / "PWNED"
+    evil = plant_evil_record(fake_bb, marker)
+    before = sorted(p.relative_to(evil) for p in evil.rglob("*"))
+    args = ["sweep", "--bb-root", str(fake_bb), "--attacks", "evil", "--defenses", "fp", "--dataset", "mnist",
+            "--model", "smallresnet", "--python", sys.executable, "--no-plots"]
+    for extra in ([], ["--dry-run"]):
+        rc, out, err = run_cli(args + extra)
+        assert rc == 2 and err.count("\n") == 1 and "--trust-record" in err and "run code" in err, err
+        assert not marker.exists()
+    assert sorted(p.relative_to(evil) for p in evil.rglob("*")) == before   # nothing written
+    rc, out, _ = run_cli(args + ["--dry-run", "--trust-record"])   # the user vouches for it: full unpickler
+    assert rc == 0 and "torch-load-trusted" in out
+
+
+def test_runner_torch_load_fix_never_runs_code_from_a_record(fake_bb, tmp_path):
+    marker = tmp_path / "PWNED"
+    plant_evil_record(fake_bb, marker)
+    report = tmp_path / "report.json"
+    p = subprocess.run([sys.executable, str(S.RUNNER), "--root", str(fake_bb), "--fix", "torch-load", "--report",
+                        str(report), "defense/fp.py"], capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "UnpicklingError" in p.stderr and not marker.exists()
+    assert json.loads(report.read_text())["fixes"]["torch-load"]["acted"] == 1
+    # the hand record (numpy arrays only) loads under the same fix
+    (fake_bb / "defense" / "fp.py").write_text(EVIL_FP.replace("evil", ATTACK))
+    p = subprocess.run([sys.executable, str(S.RUNNER), "--root", str(fake_bb), "--fix", "torch-load", "defense/fp.py"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    # trusted: the full unpickler, as BackdoorBench was written for (the code runs: only for trusted records)
+    p = subprocess.run([sys.executable, str(S.RUNNER), "--root", str(fake_bb), "--fix", "torch-load-trusted",
+                        "defense/fp.py"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
 
 
 # ------------------------------------------------------------------------------------------------

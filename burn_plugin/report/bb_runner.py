@@ -23,12 +23,15 @@ Fixes (``--fix NAME``, repeatable, or comma-separated; ``--list-fixes`` prints t
     when it is missing (counted as acted only then).
 ``torch-load``
     torch >= 2.6 loads with ``weights_only=True`` by default, and ``attack_result.pt`` holds numpy
-    arrays (and, in RAM mode, PIL images), so ``load_attack_result`` fails. This **wraps
-    ``torch.load``** (it does not set ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, which would affect every
-    file): a call that does not choose ``weights_only`` itself and loads a file under
-    ``<root>/record/`` gets ``weights_only=False``, the behaviour BackdoorBench was written for.
-    Other files keep torch's default. Only for records you made yourself or trust: the full
-    unpickler runs code from the file.
+    arrays, so ``load_attack_result`` fails. This **wraps ``torch.load``** (it does not set
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, which would affect every file): a call that does not choose
+    ``weights_only`` itself and loads a file under ``<root>/record/`` keeps ``weights_only=True`` with
+    the numpy types a record holds allow-listed (the list of the plugin's own safe loader, read from
+    ``safe_globals.py`` one folder up by its path, since this runner imports nothing from the package). A file that needs anything else (code) fails to load; nothing in it runs.
+``torch-load-trusted``
+    The same calls get ``weights_only=False``, the behaviour BackdoorBench was written for (RAM-mode
+    records hold PIL images). The full unpickler runs code from the file: ``burn sweep`` uses it only
+    with ``--trust-record``.
 ``cuda-fallback``
     I-BAU builds a tensor with a hard-coded ``torch.zeros_like(images, device='cuda')``, which fails
     on a CPU run ("Torch not compiled with CUDA enabled") and mixes devices on a GPU machine run
@@ -74,7 +77,8 @@ import time
 #: fix name -> one-line description (the docstring above has the reasons)
 FIXES = {
     "np-infty": "numpy.infty restored as numpy.inf (removed in NumPy 2; used by general_plot_for_epoch)",
-    "torch-load": "torch.load defaults to weights_only=False for files under <root>/record/ (torch >= 2.6)",
+    "torch-load": "torch.load of files under <root>/record/ allows the numpy types of a record (weights_only=True)",
+    "torch-load-trusted": "torch.load defaults to weights_only=False for files under <root>/record/ (code runs)",
     "cuda-fallback": "torch.*_like(..., device='cuda') uses the input's device when that is not CUDA",
     "mnist-rgb": "torchvision.datasets.MNIST items converted to RGB (models have a 3-channel stem)",
     "mnist-denorm": "get_dataset_denormalization negates/inverts a 1-element mean/std element-wise",
@@ -103,11 +107,12 @@ def fix_np_infty(root: str) -> None:
         _count("np-infty")
 
 
-def fix_torch_load(root: str) -> None:
+def _wrap_torch_load(root: str, name: str, trusted: bool) -> None:
     import torch
 
     record_dir = os.path.realpath(os.path.join(root, "record"))
     original = torch.load
+    allowed = [] if trusted else _numpy_safe_globals()
 
     def under_record(f) -> bool:
         if not isinstance(f, (str, bytes, os.PathLike)):
@@ -121,11 +126,35 @@ def fix_torch_load(root: str) -> None:
     @functools.wraps(original)
     def load(f, *args, **kwargs):
         if "weights_only" not in kwargs and under_record(f):
-            kwargs["weights_only"] = False
-            _count("torch-load")
+            _count(name)
+            if trusted:
+                kwargs["weights_only"] = False
+            else:
+                kwargs["weights_only"] = True
+                with torch.serialization.safe_globals(allowed):
+                    return original(f, *args, **kwargs)
         return original(f, *args, **kwargs)
 
     torch.load = load
+
+
+def _numpy_safe_globals() -> list:
+    """The list in ``../safe_globals.py``, loaded by its path (this runner may run without the package)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "safe_globals.py")
+    spec = importlib.util.spec_from_file_location("_burn_safe_globals", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.numpy_safe_globals()
+
+
+def fix_torch_load(root: str) -> None:
+    _wrap_torch_load(root, "torch-load", trusted=False)
+
+
+def fix_torch_load_trusted(root: str) -> None:
+    _wrap_torch_load(root, "torch-load-trusted", trusted=True)
 
 
 def fix_cuda_fallback(root: str) -> None:
@@ -263,6 +292,7 @@ def fix_ftsam_index(root: str) -> None:
 APPLY = {
     "np-infty": [(fix_np_infty, "numpy")],
     "torch-load": [(fix_torch_load, "torch")],
+    "torch-load-trusted": [(fix_torch_load_trusted, "torch")],
     "cuda-fallback": [(fix_cuda_fallback, "torch")],
     "mnist-rgb": [(fix_mnist_rgb, "torchvision.datasets"), (fix_mnist_rgb_container, "utils.bd_dataset_v2")],
     "mnist-denorm": [(fix_mnist_denorm, "utils.aggregate_block.dataset_and_transform_generate")],

@@ -51,7 +51,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..errors import BadInputError, BurnError, RecordNotFoundError, UnknownNameError
+from ..errors import BadInputError, BurnError, RecordNotFoundError, UnknownNameError, UntrustedFileError
 
 #: the standalone runner launched with BackdoorBench's interpreter
 RUNNER = Path(__file__).resolve().with_name("bb_runner.py")
@@ -95,18 +95,20 @@ DEFENSES: dict[str, DefenseSpec] = {s.name: s for s in (
 DEFAULT_DEFENSES = ("fp", "nad", "anp", "i-bau", "ft-sam", "sau", "burn")
 
 
-def fixes_for(defense: str, dataset: str, model: str) -> list[str]:
+def fixes_for(defense: str, dataset: str, model: str, *, trusted: bool = False) -> list[str]:
     """The ``bb_runner.py`` fixes a BackdoorBench defense gets (none for the plugin's methods).
 
     Every defense: ``np-infty`` (NumPy 2; the plot helper FP, ANP, I-BAU and SAU call) and
-    ``torch-load`` (torch >= 2.6 cannot read ``attack_result.pt`` with ``weights_only=True``).
+    ``torch-load`` (torch >= 2.6 cannot read ``attack_result.pt`` with plain ``weights_only=True``;
+    the fix allows the numpy types a record holds and nothing else), or ``torch-load-trusted`` (the
+    full unpickler) for a record the user trusts (``--trust-record``).
     I-BAU: ``cuda-fallback`` (its hard-coded ``device='cuda'``) and, on MobileNetV3, ``hardsigmoid``
     (no double backward). FT-SAM: ``ftsam-index`` (it ignores ``--index``). ``mnist``: ``mnist-rgb``
     and ``mnist-denorm``. The runner's report says which of them actually acted.
     """
     if DEFENSES[defense].runner != BACKDOORBENCH:
         return []
-    fixes = ["np-infty", "torch-load"]
+    fixes = ["np-infty", "torch-load-trusted" if trusted else "torch-load"]
     if defense == "i-bau":
         fixes.append("cuda-fallback")
         if str(model).startswith("mobilenet_v3"):
@@ -238,9 +240,17 @@ def read_attack_info(folder: Path, *, dataset: str | None, model: str | None, tr
     """Dataset, model name and clean-train size of a record, from ``info.pickle`` / ``attack_result.pt``."""
     from ..fileio import load_settings_file, torch_load
 
+    def refuse(path: Path) -> UntrustedFileError:
+        # BackdoorBench's defenses would unpickle the file in full and run that code: refuse the record
+        return UntrustedFileError(
+            f"record {folder.name}: {path} holds objects only the full unpickler can build, so BackdoorBench's "
+            f"defenses would run code from it; pass --trust-record only if you made the record or trust its source")
+
     obj, problem = None, None
     try:
         obj = torch_load(folder / "attack_result.pt", trusted=trusted, what="attack record")
+    except UntrustedFileError:
+        raise refuse(folder / "attack_result.pt") from None
     except BurnError as exc:
         problem = str(exc)
     if obj is not None and not isinstance(obj, dict):
@@ -251,6 +261,8 @@ def read_attack_info(folder: Path, *, dataset: str | None, model: str | None, tr
         try:
             v = load_settings_file(info, trusted=trusted).get("dataset")
             rec_dataset = v if isinstance(v, str) else None
+        except UntrustedFileError:
+            raise refuse(info) from None
         except BurnError:
             pass
     if obj is not None and isinstance(obj.get("clean_data"), str):
@@ -323,7 +335,6 @@ def plan_index(info: AttackInfo, *, index: str | None, ratio: float, seed: int) 
 def result_state(defense_dir: Path) -> str:
     """``ok`` (a non-empty dict), ``empty`` (BackdoorBench's NaN marker or a 0-byte file),
     ``missing`` or ``unreadable``."""
-    from ..errors import UntrustedFileError
     from ..fileio import torch_load
 
     f = Path(defense_dir) / "defense_result.pt"
@@ -346,7 +357,7 @@ def build_command(plan_root: Path, python: str, info: AttackInfo, defense: str, 
     spec = DEFENSES[defense]
     fast_args = list(spec.fast) if fast else []
     if spec.runner == BACKDOORBENCH:
-        fixes = fixes_for(defense, info.dataset, info.model)
+        fixes = fixes_for(defense, info.dataset, info.model, trusted=trusted)
         cmd = [python, str(RUNNER), "--root", str(plan_root),
                "--report", str(info.folder / "defense" / defense / "sweep_fixes.json")]
         if fixes:
