@@ -49,7 +49,10 @@ def main(argv=None) -> int:
     data = core.BurnData(x=train.x, y=train.label, mean=rec.spec.mean3, std=rec.spec.std3, hflip=rec.spec.hflip)
     poison = train.poison.bool()
     clean_test, bd_test = rec.tensors("clean_test"), rec.tensors("bd_test")
-    real = core.analyse_boundary(rec.build_model(), data, cfg, device=args.device, cache_dir=args.cache_dir)
+    from burn_plugin.fileio import FileBoundaryCache
+
+    cache = FileBoundaryCache(args.cache_dir) if args.cache_dir else None
+    real = core.analyse_boundary(rec.build_model(), data, cfg, device=args.device, cache=cache)
     oracle = copy.deepcopy(real)
     oracle.distance = real.distance + poison.float() * (float(real.distance.max()) + 1.0)
 

@@ -33,7 +33,7 @@ from .bench.metrics import METRIC_COLUMNS, as_metric_row, evaluate, summarize
 from .bench.records import AttackRecord, load_record
 from .core.tensors import PixelSpaceModel
 from .errors import ConfigError, OutputExistsError, OutputNotWritableError
-from .fileio import save_csv, save_json, save_npz, save_torch
+from .fileio import FileBoundaryCache, FileCheckpoint, save_csv, save_json, save_npz, save_torch, writable_folder
 
 log = logging.getLogger("burn")
 
@@ -122,20 +122,32 @@ def versions() -> dict:
             "torchvision": torchvision.__version__, "numpy": np.__version__, "platform": platform.platform()}
 
 
+def refuse_finished(out: Path, method: str, overwrite: bool) -> None:
+    """A finished result (its ``defense_result.pt``) is never replaced without ``overwrite``."""
+    if (Path(out) / "defense_result.pt").exists() and not overwrite:
+        raise OutputExistsError(f"{out} already holds a finished {method} result; pass --overwrite to replace it "
+                                f"or --output_dir for a new folder (--resume only continues an unfinished run)")
+
+
 def prepare_output(record: AttackRecord, method: str, output_dir, overwrite: bool, resume: bool) -> Path:
+    """The output folder, checked writable before any work. A finished result (``defense_result.pt``)
+    is replaced only with ``overwrite``; ``resume`` continues an *unfinished* run only."""
     out = Path(output_dir) if output_dir else record.folder / "defense" / method
-    if (out / "defense_result.pt").exists() and not (overwrite or resume):
-        raise OutputExistsError(f"{out} already holds a {method} result; pass --overwrite to replace it, "
-                                f"--resume to continue an unfinished run, or --output_dir for a new folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputNotWritableError(f"cannot write results to {out}: {exc.strerror or exc}; choose a writable "
-                                     f"--output_dir (or free disk space)") from None
+    refuse_finished(out, method, overwrite)
+    if not writable_folder(out):
+        raise OutputNotWritableError(f"cannot write results to {out} (not a writable folder, or the disk is full); "
+                                     f"choose a writable --output_dir")
     return out
+
+
+def cache_folder(record: AttackRecord, out: Path) -> Path:
+    """Where boundary analyses are cached: beside the record (shared by every run on it) when that is
+    writable, else inside the run's own output folder."""
+    shared = record.folder / "defense" / ".burn_cache"
+    if writable_folder(shared):
+        return shared
+    log.info("record folder %s is not writable; caching the boundary analysis in %s", record.folder, out)
+    return out / ".burn_cache"
 
 
 def defend(attack_folder, *, method: str = "burn", config=None, device: str = "cpu", dataset: str | None = None,
@@ -149,6 +161,8 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
     device = resolve_device(device)  # after the record: a broken record is the first thing to report
     model = record.build_model(model_name)
     out = prepare_output(record, method, output_dir, overwrite, resume)
+    if resume:
+        _check_checkpoint(out, config)
     handler, log_path = setup_logger(out)
     started = time.time()
     try:
@@ -199,6 +213,17 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
         handler.close()
 
 
+def _check_checkpoint(out: Path, config) -> None:
+    """``--resume``: a checkpoint that is unreadable or was made with other settings is reported now,
+    before any work (``run_burn`` checks the model and data again when it starts)."""
+    from .core.burn import check_resumable
+    from .core.config import BurnConfig
+
+    saved = FileCheckpoint(out / "checkpoint").load()
+    if saved is not None and isinstance(config, BurnConfig):
+        check_resumable(saved, config, saved.get("run_key", ""))
+
+
 def print_summary(summary: dict) -> None:
     b, a = summary["before"], summary["after"]
 
@@ -239,7 +264,8 @@ def _burn(*, record: AttackRecord, model, config, device, evaluator, out: Path, 
     train = record.tensors("bd_train")
     data = BurnData(x=train.x, y=train.label, mean=record.spec.mean3, std=record.spec.std3, hflip=record.spec.hflip)
     res = run_burn(model, data, cfg, device=device, evaluate=evaluator, progress=progress,
-                   checkpoint_dir=out / "checkpoint", resume=resume, cache_dir=record.folder / "defense" / ".burn_cache",
+                   checkpoint=FileCheckpoint(out / "checkpoint"), resume=resume,
+                   cache=FileBoundaryCache(cache_folder(record, out)),
                    on_round=lambda row: log.info("round %s: %s", row["round"], json.dumps(row)))
     flags = {"poison": train.poison.numpy(), "label": train.label.numpy(), "original_label": train.original_label.numpy()}
     report = detection_report(res, flags)

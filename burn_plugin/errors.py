@@ -63,6 +63,10 @@ class OutputExistsError(BadInputError):
     """The output folder already holds results and overwriting was not asked for."""
 
 
+class ResumeMismatchError(BadInputError):
+    """``--resume`` was asked for with a checkpoint of another run (settings, model or data differ)."""
+
+
 class OutputNotWritableError(BurnError):
     """The output folder is read-only or the disk is full."""
 

@@ -25,25 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import CorruptFileError, OutputNotWritableError, RecordNotFoundError, UntrustedFileError
-
-
-def _numpy_safe_globals() -> list:
-    """numpy objects a BackdoorBench record legitimately pickles, under every name numpy used."""
-    import numpy.dtypes as npd
-
-    from numpy._core import multiarray as ma  # numpy >= 2
-
-    entries: list = [np.ndarray, np.dtype]
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        entries.append((ma._reconstruct, f"{mod}._reconstruct"))
-        entries.append((ma.scalar, f"{mod}.scalar"))
-    entries.append((np.ndarray, "numpy.ndarray"))
-    entries.append((np.dtype, "numpy.dtype"))
-    for name in dir(npd):
-        obj = getattr(npd, name)
-        if isinstance(obj, type) and issubclass(obj, np.dtype):
-            entries.append(obj)
-    return entries
+from .safe_globals import numpy_safe_globals
 
 
 def torch_load(path: str | os.PathLike, *, trusted: bool = False, what: str = "file",
@@ -70,7 +52,7 @@ def torch_load(path: str | os.PathLike, *, trusted: bool = False, what: str = "f
             raise CorruptFileError(f"{what} {path} is corrupt or truncated ({type(exc).__name__}: "
                                    f"{_first_line(exc)}); re-create it") from exc
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(numpy_safe_globals()):
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
@@ -120,14 +102,19 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if module == "numpy.dtypes":
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allow-listed")
+        raise _NotAllowed(f"{module}.{name}")
+
+
+class _NotAllowed(pickle.UnpicklingError):
+    """A plain pickle asked for a global outside the allow-list (code would run to build it)."""
 
 
 def load_settings_file(path: str | os.PathLike, *, trusted: bool = False) -> dict:
     """Read BackdoorBench's ``info.pickle`` (a ``torch.save``-d ``args.__dict__``) safely.
 
-    BackdoorBench writes it with ``torch.save``; older copies are plain pickles. Both are tried.
-    Values that are not plain data are dropped in safe mode, never executed.
+    BackdoorBench writes it with ``torch.save``; older copies are plain pickles. Both are tried. In
+    safe mode a file that asks for anything but plain data is refused with
+    :class:`UntrustedFileError`, never executed.
     """
     path = Path(path)
     try:
@@ -136,6 +123,10 @@ def load_settings_file(path: str | os.PathLike, *, trusted: bool = False) -> dic
         try:
             with open(path, "rb") as fh:
                 obj = pickle.load(fh) if trusted else _RestrictedUnpickler(fh).load()
+        except _NotAllowed as exc:
+            raise UntrustedFileError(f"settings file {path} contains objects that only the full unpickler can build "
+                                     f"({exc}), which would run code from the file; if you made this file yourself "
+                                     f"or trust its source, pass --trust-record") from exc
         except Exception as exc:  # noqa: BLE001
             raise CorruptFileError(f"settings file {path} cannot be read ({_first_line(exc)})") from exc
     if not isinstance(obj, dict):
@@ -225,3 +216,68 @@ def _json_default(o: Any):
     if isinstance(o, (set, tuple)):
         return list(o)
     return str(o)
+
+
+# ----------------------------------------------------------------------------------------------
+# the on-disk checkpoint and boundary cache that ``defend`` hands to the core loop
+
+class FileCheckpoint:
+    """``<folder>/last.pt``: a run's state after its last finished round, read safely (a checkpoint is
+    never trusted: it holds tensors and plain data only) and replaced atomically."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.path = self.folder / "last.pt"
+        self._loaded: Any = None
+
+    def load(self) -> dict | None:
+        if self._loaded is None:
+            if not self.path.is_file():
+                return None
+            try:
+                obj = torch_load(self.path, what="checkpoint")
+            except (CorruptFileError, UntrustedFileError) as exc:
+                why = "is corrupt or truncated" if isinstance(exc, CorruptFileError) else \
+                    "holds objects that would run code when loaded"
+                raise CorruptFileError(f"checkpoint {self.path} {why}; delete it, or run again with --overwrite "
+                                       f"instead of --resume") from None
+            if not isinstance(obj, dict):
+                raise CorruptFileError(f"checkpoint {self.path} holds a {type(obj).__name__}, not a checkpoint; "
+                                       f"delete it, or run again with --overwrite instead of --resume")
+            self._loaded = obj
+        return self._loaded
+
+    def save(self, state: dict) -> None:
+        save_torch(state, self.path)
+        self._loaded = state
+
+
+class FileBoundaryCache:
+    """``<folder>/boundary_<key>.pt``: boundary analyses keyed by weights, data and settings. A broken
+    or unreadable entry is a miss (it is recomputed and replaced)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    def get(self, key: str) -> dict | None:
+        try:
+            obj = torch_load(self.folder / f"boundary_{key}.pt", what="boundary cache entry")
+        except (CorruptFileError, UntrustedFileError, RecordNotFoundError):
+            return None
+        return obj if isinstance(obj, dict) else None
+
+    def put(self, key: str, value: dict) -> None:
+        save_torch(value, self.folder / f"boundary_{key}.pt")
+
+
+def writable_folder(folder: str | os.PathLike) -> bool:
+    """True if ``folder`` exists or can be made, and a file can be created in it (the probe is removed)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write_test.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+        return True
+    except OSError:
+        return False

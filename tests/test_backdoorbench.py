@@ -154,7 +154,7 @@ def test_second_run_without_overwrite_fails_and_keeps_the_result(bb_root, burn_r
     proc = run_script(bb_root, "--attack_folder", "badnet_0_1", "--dataset", "mnist", "--yaml_path", CONFIG,
                       *FAST)
     assert proc.returncode == 2
-    assert_one_line_error(proc.returncode, proc.stderr, "already holds a burn result", "--overwrite")
+    assert_one_line_error(proc.returncode, proc.stderr, "already holds a finished burn result", "--overwrite")
     assert tree(out) == before
 
 

@@ -76,8 +76,10 @@ def test_planted_pickle_in_info_pickle(hand_record, tmp_path):
     # an old-style plain pickle with a planted object is not run either
     with open(hand_record.folder / "info.pickle", "wb") as fh:
         pickle.dump({"attack": "badnet", "evil": Planted(marker)}, fh)
-    with pytest.raises(BurnError):
+    with pytest.raises(UntrustedFileError, match="--trust-record"):
         load_settings_file(hand_record.folder / "info.pickle")
+    with pytest.raises(UntrustedFileError):   # refused by the record loader too, not dropped silently
+        load_record(hand_record.folder)
     assert not marker.exists()
 
 

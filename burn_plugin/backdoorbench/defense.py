@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.records import record_dataset, resolve_attack_folder
-from ..errors import BadInputError, OutputExistsError, run_reporting_errors
+from ..errors import BadInputError, run_reporting_errors
 from ..settings import IGNORED_BB_KEYS, flag, RUN_KEYS, add_algorithm_flags, load_yaml, split_settings
 
 METHOD = "burn"
@@ -203,9 +203,9 @@ class Burn:
         self.args.result_file = str(result_file)
         self.args.save_path = self.save_path
         self.args.log = str(self.save_dir / "log") + os.sep
-        if (self.save_dir / "defense_result.pt").exists() and not (self.cli.get("overwrite") or self.cli.get("resume")):
-            raise OutputExistsError(f"{self.save_dir} already holds a {self.name} result; pass --overwrite to replace "
-                                    f"it, --resume to continue an unfinished run, or --output_dir for a new folder")
+        from ..defend import refuse_finished
+
+        refuse_finished(self.save_dir, self.name, bool(self.cli.get("overwrite")))
 
     def set_logger(self) -> None:
         """A one-line header on stdout (warnings go to stderr). The log file ``log/<timestamp>.log`` and

@@ -10,7 +10,11 @@ fine-tuned on them. Phase 2, t = 1..T: PD from the current model against the fro
 (computed once), S = (1 - w_t) BD + w_t PD, top k_p^t % relabelled, bottom k_c^t % kept as clean,
 fine-tune on their union. A checkpoint after every round makes a killed run resumable; every
 round's shuffling/augmentation is seeded from ``(random_seed, round)``, so a resumed run equals an
-uninterrupted one.
+uninterrupted one. A checkpoint carries the settings that shape the result and a hash of the infected
+model and the training data; resuming from one made with anything else is refused.
+
+No file I/O here: checkpoints and the boundary cache are objects the caller passes in
+(:class:`Checkpoint`, :class:`BoundaryCache`; ``burn_plugin.fileio`` has the on-disk ones).
 """
 from __future__ import annotations
 
@@ -19,14 +23,14 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .boundary import BoundaryResult, boundary_distances
+from ..errors import ResumeMismatchError
 from .config import BurnConfig
 from .scores import (PoisonSelection, boundary_score, composite_score, count_of, linear_schedule,
                      prediction_divergence, select)
@@ -64,6 +68,23 @@ class BurnResult:
     completed_rounds: int = 0
 
 
+class Checkpoint(Protocol):
+    """Where a run keeps its last round: ``load()`` gives the saved state (or ``None``), ``save(state)``
+    replaces it whole."""
+
+    def load(self) -> dict | None: ...
+
+    def save(self, state: dict) -> None: ...
+
+
+class BoundaryCache(Protocol):
+    """Boundary analyses by key: ``get(key)`` gives ``BoundaryResult.to_dict()`` or ``None``."""
+
+    def get(self, key: str) -> dict | None: ...
+
+    def put(self, key: str, value: dict) -> None: ...
+
+
 def state_hash(*tensors_or_dicts, extra: str = "") -> str:
     """A stable hash of tensors / state dicts / strings (for cache keys)."""
     h = hashlib.sha256()
@@ -87,21 +108,23 @@ def _outputs(model: nn.Module, x, cfg: BurnConfig, device) -> torch.Tensor:
 
 
 def analyse_boundary(model: nn.Module, data: BurnData, cfg: BurnConfig, *, device="cpu", progress=None,
-                     cache_dir: Path | None = None) -> BoundaryResult:
-    """l(x), adversarial labels etc. of every training sample on ``model`` (cached on disk if asked)."""
+                     cache: BoundaryCache | None = None) -> BoundaryResult:
+    """l(x), adversarial labels etc. of every training sample on ``model`` (looked up in / stored to
+    ``cache`` if given, keyed by the weights, the images and the settings that shape the result)."""
     key = None
-    if cache_dir is not None:
+    if cache is not None:
         settings = (cfg.candidates, cfg.overshoot, cfg.max_iter, cfg.distance_space, cfg.box_aware,
                     tuple(data.mean), tuple(data.std)) + ((cfg.candidate_mode,) if cfg.candidate_mode != "fixed" else ()) \
             + ((cfg.boundary_method, cfg.search_iter) if cfg.boundary_method != "deepfool" else ())
         key = state_hash(model.state_dict(), data.x, extra=repr(settings))
-        f = Path(cache_dir) / f"boundary_{key}.pt"
-        if f.is_file():
+        hit = cache.get(key)
+        if hit is not None:
             try:
-                d = torch.load(f, map_location="cpu", weights_only=True)
-                log.info("boundary analysis loaded from cache %s", f)
-                return BoundaryResult(**d)
-            except Exception:  # noqa: BLE001 - a broken cache file is recomputed
+                res = BoundaryResult(**hit)
+                if len(res) == len(data):
+                    log.info("boundary analysis loaded from cache (%s)", key)
+                    return res
+            except TypeError:  # a cache entry of another shape is recomputed
                 pass
     if cfg.distance_space == "pixel":
         attacked, clip, pre = PixelSpaceModel(model, data.mean, data.std, channels_last=_cl(cfg, data)), (0.0, 1.0), None
@@ -114,9 +137,7 @@ def analyse_boundary(model: nn.Module, data: BurnData, cfg: BurnConfig, *, devic
                              progress=progress, box_aware=cfg.box_aware, candidate_mode=cfg.candidate_mode,
                              method=cfg.boundary_method, search_iter=cfg.search_iter)
     if key is not None:
-        from ..fileio import save_torch
-
-        save_torch(res.to_dict(), Path(cache_dir) / f"boundary_{key}.pt")
+        cache.put(key, res.to_dict())
     return res
 
 
@@ -142,13 +163,15 @@ def _cl(cfg: BurnConfig, data: BurnData) -> bool:
 
 def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *, device="cpu",
              evaluate: Callable[[nn.Module], dict] | None = None, progress: bool = True,
-             checkpoint_dir: str | Path | None = None, resume: bool = False,
-             cache_dir: str | Path | None = None, on_round: Callable[[dict], None] | None = None) -> BurnResult:
+             checkpoint: Checkpoint | None = None, resume: bool = False,
+             cache: BoundaryCache | None = None, on_round: Callable[[dict], None] | None = None) -> BurnResult:
     """Run BURN on ``model`` (modified in place and returned in the result, on CPU).
 
     ``evaluate(pixel_space_model) -> dict`` is called after every round for reporting only (its
-    numbers never influence the defense). ``checkpoint_dir`` enables per-round checkpoints;
-    ``resume`` continues from the last one there.
+    numbers never influence the defense). ``checkpoint`` keeps the state after every round;
+    ``resume`` continues from the state it holds, which must have been made with the same
+    result-shaping settings, model and data (else :class:`~burn_plugin.errors.ResumeMismatchError`,
+    raised before any work).
     """
     from tqdm.auto import tqdm
 
@@ -164,6 +187,11 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
         kp, kc = linear_schedule(cfg.k_p0, cfg.k_pT, t, cfg.rounds), linear_schedule(cfg.k_c0, cfg.k_cT, t, cfg.rounds)
         counts.append((kp, kc, count_of(kp, n, "k_p"), count_of(kc, n, "k_c") if t > 0 else 0))
 
+    run_key = result_key(model, data, cfg)
+    saved = checkpoint.load() if (resume and checkpoint is not None) else None
+    if saved is not None:
+        check_resumable(saved, cfg, run_key)
+
     model = model.to(device)
     cl = _cl(cfg, data)
     if cl:
@@ -176,7 +204,7 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
 
     t0 = time.time()
     bar = tqdm(total=n, desc="boundary analysis", unit="img", disable=not progress, leave=False)
-    boundary = analyse_boundary(frozen, data, cfg, device=device, progress=bar, cache_dir=cache_dir)
+    boundary = analyse_boundary(frozen, data, cfg, device=device, progress=bar, cache=cache)
     bar.close()
     timings["boundary_s"] += time.time() - t0
     if (~boundary.converged).any():
@@ -192,9 +220,8 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
     history: list[dict] = []
     selections: list[PoisonSelection] = []
     start_round = 0
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    if resume and ckpt_dir is not None and (ckpt_dir / "last.pt").is_file():
-        ck = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True)
+    if saved is not None:
+        ck = saved
         model.load_state_dict(ck["model"])
         history = ck["history"]
         selections = [PoisonSelection(**s) for s in ck["selections"]]
@@ -257,18 +284,44 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
                                **({"asr": f"{row['test_asr']:.3f}"} if row.get("test_asr") is not None else {}))
         if on_round is not None:
             on_round(row)
-        if ckpt_dir is not None:
-            from ..fileio import save_torch
-
-            save_torch({"round": t, "model": model.state_dict(), "history": history,
-                        "selections": [_sel_dict(s) for s in selections], "torch_rng": torch.get_rng_state()},
-                       ckpt_dir / "last.pt")
+        if checkpoint is not None:
+            checkpoint.save({"round": t, "model": model.state_dict(), "history": history,
+                             "selections": [_sel_dict(s) for s in selections], "torch_rng": torch.get_rng_state(),
+                             "config": result_settings(cfg), "run_key": run_key})
     rounds_bar.close()
     model.eval()
     set_channels_last(model, False)   # hand back ordinary contiguous weights
     return BurnResult(model=model.cpu(), boundary=boundary, bd=bd, final_pd=pd, final_score=score,
                       selections=selections, history=history, timings=timings, stopped_early=stopped,
                       completed_rounds=len(history))
+
+
+def result_settings(cfg: BurnConfig) -> dict:
+    """The settings that shape a run's result (all but the reporting-only ones)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in BurnConfig.REPORTING_ONLY}
+
+
+def result_key(model: nn.Module, data: BurnData, cfg: BurnConfig) -> str:
+    """Hash of what a run starts from: the infected weights, the training images and labels, the
+    normalisation and the result-shaping settings."""
+    return state_hash(model.state_dict(), data.x, data.y,
+                      extra=repr((tuple(data.mean), tuple(data.std), data.hflip, sorted(result_settings(cfg).items()))))
+
+
+def check_resumable(saved: dict, cfg: BurnConfig, run_key: str) -> None:
+    """Raise :class:`ResumeMismatchError` (one line) unless ``saved`` continues this very run."""
+    if not isinstance(saved, dict) or "run_key" not in saved or "round" not in saved:
+        raise ResumeMismatchError("the checkpoint holds no record of the settings it was made with (an older or "
+                                  "foreign file); delete it, or run again with --overwrite instead of --resume")
+    then, now = saved.get("config") or {}, result_settings(cfg)
+    diff = [f"{k} {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+    if diff:
+        raise ResumeMismatchError(f"the checkpoint was made with other settings ({'; '.join(diff[:4])}"
+                                  f"{'; ...' if len(diff) > 4 else ''}); resume with its settings, or run again "
+                                  f"with --overwrite instead of --resume")
+    if saved["run_key"] != run_key:
+        raise ResumeMismatchError("the checkpoint was made from another model or training set; run again with "
+                                  "--overwrite instead of --resume, or choose another --output_dir")
 
 
 def _sel_dict(s: PoisonSelection) -> dict:

@@ -163,6 +163,8 @@ class BurnConfig(ConfigBase):
         "random_seed": "seed for shuffling and augmentation",
         "eval_every_round": "ACC/ASR/RA after every round (reporting only; off: only at the end)",
     }
+    #: settings that change what is reported, never the purified model (left out of a checkpoint's key)
+    REPORTING_ONLY = ("eval_every_round",)
     _CHOICES = {"distance_space": ("pixel", "input"), "distance_model": ("frozen", "current"),
                 "grad_mode": ("loop", "batched"),
                 "candidate_mode": ("fixed", "adaptive"), "boundary_method": ("deepfool", "superdeepfool"),
