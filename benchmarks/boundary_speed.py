@@ -40,7 +40,6 @@ import torch.nn as nn
 from burn_plugin.core.boundary import boundary_distances
 from burn_plugin.core.tensors import PixelSpaceModel, set_channels_last, to_float
 
-DEFAULT_RECORD = "/work/runs/record/badnet_fm"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,7 +235,8 @@ def load_str() -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--record", default=DEFAULT_RECORD, help="attack record folder (BackdoorBench layout)")
+    ap.add_argument("--record", default=None, help="attack record folder (BackdoorBench layout); without it, the "
+                    "script names the command that makes a small one")
     ap.add_argument("--model", default=None, help="evaluate the record's data with this architecture instead of the "
                     "record's model (random init; see --train-steps)")
     ap.add_argument("--train-steps", type=int, default=0, help="with --model: Adam steps (batch 128) on bd_train first")
@@ -270,10 +270,10 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     device = args.device
-    from burn_plugin.bench.records import load_record
+    from burn_plugin.bench.records import load_record, require_record_argument
 
     t_load = time.perf_counter()
-    rec = load_record(args.record)
+    rec = load_record(require_record_argument(args.record))
     data = rec.tensors("bd_train")
     idx = stratified_sample(data.poison, args.n, args.poison_frac, args.seed)
     x, poison = data.x[idx], data.poison[idx]
@@ -484,4 +484,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from burn_plugin.errors import run_reporting_errors
+
+    sys.exit(run_reporting_errors(main))

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-DEFAULT_RECORD = "/work/runs/record/badnet_fm"
 GB = 1024 ** 3
 
 
@@ -133,9 +132,11 @@ def mirror_record(src: Path, root: Path, train_subset: int, seed: int) -> tuple[
 
 
 def run_record(args) -> int:
+    from burn_plugin.bench.records import find_record_file, require_record_argument
     from burn_plugin.core.config import BurnConfig
     from burn_plugin.defend import defend
 
+    find_record_file(require_record_argument(args.record))  # a missing record is one line, before any work
     device = args.device
     header("burn_end_to_end (record)", device)
     base_rss = rss_gb()
@@ -266,7 +267,8 @@ def run_tiny(args) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--record", default=DEFAULT_RECORD, help="attack record folder (BackdoorBench layout)")
+    ap.add_argument("--record", default=None, help="attack record folder (BackdoorBench layout); without it, the "
+                    "script names the command that makes a small one")
     ap.add_argument("--rounds", type=int, default=2, help="BURN refinement rounds (paper: 20)")
     ap.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs per round (paper: 5)")
     ap.add_argument("--train-subset", type=int, default=3000,
@@ -289,4 +291,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from burn_plugin.errors import run_reporting_errors
+
+    sys.exit(run_reporting_errors(main))

@@ -24,7 +24,8 @@ import time
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--record", required=True, help="attack record folder (holds attack_result.pt)")
+    ap.add_argument("--record", default=None, help="attack record folder (holds attack_result.pt); without it, "
+                    "the script names the command that makes a small one")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a BurnConfig setting, e.g. --set rounds=5 (repeatable); default: the paper's")
     ap.add_argument("--real", action="store_true", help="also run with the real distances, for comparison")
@@ -37,14 +38,14 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from burn_plugin.bench.metrics import evaluate
-    from burn_plugin.bench.records import load_record
+    from burn_plugin.bench.records import load_record, require_record_argument
     from burn_plugin.core import burn as core
     from burn_plugin.core.config import BurnConfig
     from burn_plugin.core.tensors import PixelSpaceModel
 
     values = dict(item.partition("=")[::2] for item in args.set)
     cfg = BurnConfig.from_mapping({k.strip(): v.strip() for k, v in values.items()}, source="--set")
-    rec = load_record(args.record)
+    rec = load_record(require_record_argument(args.record))
     train = rec.tensors("bd_train")
     data = core.BurnData(x=train.x, y=train.label, mean=rec.spec.mean3, std=rec.spec.std3, hflip=rec.spec.hflip)
     poison = train.poison.bool()
@@ -92,4 +93,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from burn_plugin.errors import run_reporting_errors
+
+    sys.exit(run_reporting_errors(main))

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .errors import BadInputError, run_reporting_errors
-from .settings import flag  # noqa: F401 - subcommand modules import it from here
+from .settings import OneLineErrorParser, flag  # noqa: F401 - subcommand modules import flag from here
 
 SUBCOMMANDS: dict[str, "tuple"] = {}
 
@@ -44,6 +44,9 @@ def cmd_attack(args) -> int:
     final = run_attack(settings, out, overwrite=args.overwrite, clean_reference=args.clean_reference,
                        progress=not args.quiet)
     print(f"record: {out}")
+    if final.get("replaced_defense_results"):
+        print(f"replaced the old record; its defense results (made on the old attack) were moved to "
+              f"{final['replaced_defense_results']}")
     print(f"ACC {final['test_acc']:.4f}  ASR {final['test_asr']:.4f}  RA {final['test_ra']:.4f}  "
           f"(training {final['train_seconds']:.0f}s)")
     if "clean_reference_test_acc" in final:
@@ -107,6 +110,7 @@ def cmd_info(args) -> int:
     from .bench.records import load_record
 
     rec = load_record(args.record, trusted=args.trust_record, dataset_path=args.dataset_path)
+    rec.build_model()  # what `burn defend` checks first: a known model whose weights fit the record
     tr = rec.bd_train.label_arrays() if rec.bd_train is not None else None
     te = rec.bd_test.label_arrays()
     print(f"record:       {rec.folder}")
@@ -219,7 +223,7 @@ cmd_demo.configure = _configure_demo
 
 # ------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="burn", description="BURN backdoor defense: BackdoorBench-compatible records, attacks, defense, "
         "comparison tables.", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")

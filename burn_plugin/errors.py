@@ -7,6 +7,8 @@ pass), 1 for a runtime failure. ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from typing import Callable
 
@@ -75,16 +77,55 @@ class NonFiniteLossError(BurnError):
     """The training loss became NaN or Inf."""
 
 
+#: errno values that mean "the path you gave is wrong" (exit 2), not "the machine failed" (exit 1)
+_BAD_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line naming what the operating system refused, the path, and the fix."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == errno.ENAMETOOLONG:
+        return (f"a path component is longer than the file system allows{where}; use shorter folder or file "
+                f"names")
+    if exc.errno in _BAD_PATH_ERRNOS:
+        return f"{exc.strerror or exc}{where}; check the path"
+    if exc.errno == errno.ENOSPC:
+        return f"disk full{where}; free space and run again (files already written are kept)"
+    return f"{exc.strerror or exc}{where}; check permissions and free space"
+
+
+def _quiet_stdout() -> None:
+    """The reader of our stdout has gone (``burn info R | head -1``): send the rest nowhere, so that
+    the flush at exit raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured output)
+        pass
+
+
 def run_reporting_errors(fn: Callable[[], int | None], *, debug: bool = False) -> int:
     """Run ``fn``; a :class:`BurnError` becomes one ``error: ...`` line on stderr and its exit code
-    (the traceback only with ``debug``); Ctrl-C exits 130 with a note that written files are whole."""
+    (the traceback only with ``debug``), and so does an ``OSError`` (exit 2 for a bad path, else 1);
+    a closed pipe on stdout ends the run quietly (exit 0: the reader took what it wanted); Ctrl-C
+    exits 130 with a note that written files are whole."""
     try:
-        return int(fn() or 0)
+        code = int(fn() or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
     except BurnError as exc:
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if debug:
+            raise
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 2 if exc.errno in _BAD_PATH_ERRNOS else 1
     except KeyboardInterrupt:
         print("error: interrupted; files already written are complete (results are written atomically)",
               file=sys.stderr)

@@ -18,6 +18,14 @@ from typing import Any
 from .core.config import BurnConfig
 from .errors import ConfigError
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad flag or value is one ``error: ...`` line naming the fix (exit 2), not the
+    whole usage text: the promise of ``burn`` and of the BackdoorBench entry scripts for bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
+
+
 # run-level keys (not BURN's algorithm): name -> (type, default, help)
 RUN_KEYS: dict[str, tuple] = {
     "device": (str, "cpu", "cpu, cuda, cuda:0 ..."),

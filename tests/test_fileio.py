@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from burn_plugin.bench.records import load_record
-from burn_plugin.errors import (BadInputError, BurnError, CorruptFileError, OutputNotWritableError,
+from burn_plugin.errors import (BadInputError, CorruptFileError, OutputNotWritableError,
                                 RecordNotFoundError, UntrustedFileError)
 from burn_plugin.fileio import (atomic_path, atomic_write, load_settings_file, save_csv, save_json, save_npz,
                                 save_text, save_torch, torch_load)

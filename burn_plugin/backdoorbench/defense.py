@@ -48,7 +48,8 @@ from typing import Any
 
 from ..bench.records import record_dataset, resolve_attack_folder
 from ..errors import BadInputError, run_reporting_errors
-from ..settings import IGNORED_BB_KEYS, flag, RUN_KEYS, add_algorithm_flags, load_yaml, split_settings
+from ..settings import (IGNORED_BB_KEYS, RUN_KEYS, OneLineErrorParser, add_algorithm_flags, flag, load_yaml,
+                        split_settings)
 
 METHOD = "burn"
 # BackdoorBench's common defense flags (interface.md 1.3) that BURN accepts and ignores
@@ -298,7 +299,7 @@ def make_defense_class(base: type | None = None, cls: type = Burn) -> type:
 
 
 def build_parser(prog: str | None = None, cls: type = Burn) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=prog or f"defense/{cls.name}.py",
         description=f"{cls.label} backdoor defense, BackdoorBench style: run from the BackdoorBench root; "
                     f"results go to record/<attack>/defense/{cls.name}/.")

@@ -16,9 +16,13 @@ Triggers (no BackdoorBench resources are needed):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import shutil
 import time
+from datetime import datetime
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -193,9 +197,14 @@ def run_attack(settings: AttackSettings, out_folder: Path, *, overwrite: bool = 
     """Poison the data, train the model, write the record folder; returns the final metrics."""
     from tqdm.auto import tqdm
 
-    out_folder = Path(out_folder)
-    if (out_folder / "attack_result.pt").exists() and not overwrite:
-        raise OutputExistsError(f"{out_folder} already holds an attack record; pass --overwrite or choose another --out")
+    final_folder = Path(out_folder)
+    if (final_folder / "attack_result.pt").exists() and not overwrite:
+        raise OutputExistsError(f"{final_folder} already holds an attack record; pass --overwrite or choose another --out")
+    if final_folder.exists() and not final_folder.is_dir():
+        raise OutputExistsError(f"{final_folder} is a file, not a folder; choose another --out")
+    if final_folder.is_dir() and any(final_folder.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{final_folder} is not empty (but holds no attack record); pass --overwrite to "
+                                f"replace it or choose another --out")
     spec = D.get_spec(settings.dataset)
     build_model(settings.model, spec.num_classes)  # unknown model names fail before any work
     attack = get_attack(settings.attack, alpha=settings.blend_alpha, trigger_image=settings.trigger_image)
@@ -228,51 +237,107 @@ def run_attack(settings: AttackSettings, out_folder: Path, *, overwrite: bool = 
 
     tr_imgs, tr_bd, tr_orig = poison(raw_train, train_idx)
     te_imgs, te_bd, te_orig = poison(raw_test, test_idx)
-    out_folder.mkdir(parents=True, exist_ok=True)
-    tr_dict = write_poisoned_split(out_folder, "bd_train_dataset", tr_imgs, tr_bd, tr_orig, ram=settings.ram_mode)
-    te_dict = write_poisoned_split(out_folder, "bd_test_dataset", te_imgs, te_bd, te_orig, ram=settings.ram_mode)
-    folder_str = None if settings.ram_mode else f"./record/{out_folder.name}"
-    train_ind = np.zeros(len(train_targets))
-    train_ind[train_idx] = 1
-    test_ind = np.zeros(len(test_targets))
-    test_ind[test_idx] = 1
-    bd_train_state = make_state(tr_dict, train_ind, visible,
-                                folder_str and f"{folder_str}/bd_train_dataset")
-    bd_test_state = make_state(te_dict, test_ind, test_idx, folder_str and f"{folder_str}/bd_test_dataset")
+    # the whole record is built in a staging folder beside the target and swapped in when complete,
+    # so a killed run never leaves a record whose parts come from two attacks
+    name = final_folder.name   # the record's own paths say ./record/<name>, wherever it is built
+    with staging_folder(final_folder) as out_folder:
+        tr_dict = write_poisoned_split(out_folder, "bd_train_dataset", tr_imgs, tr_bd, tr_orig, ram=settings.ram_mode,
+                                       record_name=name)
+        te_dict = write_poisoned_split(out_folder, "bd_test_dataset", te_imgs, te_bd, te_orig, ram=settings.ram_mode,
+                                       record_name=name)
+        folder_str = None if settings.ram_mode else f"./record/{name}"
+        train_ind = np.zeros(len(train_targets))
+        train_ind[train_idx] = 1
+        test_ind = np.zeros(len(test_targets))
+        test_ind[test_idx] = 1
+        bd_train_state = make_state(tr_dict, train_ind, visible,
+                                    folder_str and f"{folder_str}/bd_train_dataset")
+        bd_test_state = make_state(te_dict, test_ind, test_idx, folder_str and f"{folder_str}/bd_test_dataset")
 
-    bd_train = _split_tensors(spec, raw_train, tr_imgs, tr_bd, visible)
-    bd_test = _split_tensors(spec, raw_test, te_imgs, te_bd, test_idx)
-    clean_test = _split_tensors(spec, raw_test, {}, {}, np.arange(len(test_targets)))
+        bd_train = _split_tensors(spec, raw_train, tr_imgs, tr_bd, visible)
+        bd_test = _split_tensors(spec, raw_test, te_imgs, te_bd, test_idx)
+        clean_test = _split_tensors(spec, raw_test, {}, {}, np.arange(len(test_targets)))
 
-    t0 = time.time()
-    model, history = _train(settings, spec, bd_train, clean_test, bd_test, epochs, progress, "attack")
-    train_seconds = time.time() - t0
-    import pandas as pd
+        t0 = time.time()
+        model, history = _train(settings, spec, bd_train, clean_test, bd_test, epochs, progress, "attack")
+        train_seconds = time.time() - t0
+        import pandas as pd
 
-    df = pd.DataFrame([as_metric_row(h) for h in history])
-    save_record(out_folder, model_name=settings.model, num_classes=spec.num_classes,
-                state_dict=model.model.state_dict(), dataset=spec.name, bd_train=bd_train_state, bd_test=bd_test_state)
-    info = {k: v for k, v in asdict(settings).items() if k != "extra"} | settings.extra
-    info.update(epochs=epochs, save_path=f"./record/{out_folder.name}", num_classes=spec.num_classes,
-                img_size=spec.img_size, input_height=spec.height, input_width=spec.width, input_channel=spec.channels,
-                dataset_path=f"./data/{spec.name}")
-    save_torch(info, out_folder / "info.pickle")
-    # despite its name BackdoorBench stores the 0/1 float indicator over the whole training set here
-    save_torch(train_ind, out_folder / "train_poison_index_list.pickle")
-    save_csv(df, out_folder / "attack_df.csv")
-    save_csv(summarize(df), out_folder / "attack_df_summary.csv")
-    final = dict(history[-1])
-    final["train_seconds"] = train_seconds
-    if clean_reference:
-        clean_train = _split_tensors(spec, raw_train, {}, {}, visible)
-        _, clean_hist = _train(settings, spec, clean_train, clean_test, bd_test, epochs, progress, "clean reference")
-        final["clean_reference_test_acc"] = clean_hist[-1]["test_acc"]
-        final["clean_reference_test_asr"] = clean_hist[-1]["test_asr"]
-        save_json({"clean_model_test_acc": clean_hist[-1]["test_acc"],
-                   "clean_model_test_asr": clean_hist[-1]["test_asr"],
-                   "attacked_model_test_acc": final["test_acc"], "epochs": epochs, "model": settings.model},
-                  out_folder / "clean_reference.json")
+        df = pd.DataFrame([as_metric_row(h) for h in history])
+        save_record(out_folder, model_name=settings.model, num_classes=spec.num_classes,
+                    state_dict=model.model.state_dict(), dataset=spec.name, bd_train=bd_train_state, bd_test=bd_test_state)
+        info = {k: v for k, v in asdict(settings).items() if k != "extra"} | settings.extra
+        info.update(epochs=epochs, save_path=f"./record/{name}", num_classes=spec.num_classes,
+                    img_size=spec.img_size, input_height=spec.height, input_width=spec.width, input_channel=spec.channels,
+                    dataset_path=f"./data/{spec.name}")
+        save_torch(info, out_folder / "info.pickle")
+        # despite its name BackdoorBench stores the 0/1 float indicator over the whole training set here
+        save_torch(train_ind, out_folder / "train_poison_index_list.pickle")
+        save_csv(df, out_folder / "attack_df.csv")
+        save_csv(summarize(df), out_folder / "attack_df_summary.csv")
+        final = dict(history[-1])
+        final["train_seconds"] = train_seconds
+        if clean_reference:
+            clean_train = _split_tensors(spec, raw_train, {}, {}, visible)
+            _, clean_hist = _train(settings, spec, clean_train, clean_test, bd_test, epochs, progress, "clean reference")
+            final["clean_reference_test_acc"] = clean_hist[-1]["test_acc"]
+            final["clean_reference_test_asr"] = clean_hist[-1]["test_asr"]
+            save_json({"clean_model_test_acc": clean_hist[-1]["test_acc"],
+                       "clean_model_test_asr": clean_hist[-1]["test_asr"],
+                       "attacked_model_test_acc": final["test_acc"], "epochs": epochs, "model": settings.model},
+                      out_folder / "clean_reference.json")
+    kept = swap_in(out_folder, final_folder)
+    if kept is not None:
+        final["replaced_defense_results"] = str(kept)
     return final
+
+
+@contextlib.contextmanager
+def staging_folder(final: Path):
+    """A fresh hidden folder beside ``final`` (``.<name>.partial-<pid>``), removed again if the body fails.
+    Staging folders left by killed runs (their process gone) are removed first."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
+    stage = final.parent / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def swap_in(stage: Path, final: Path) -> Path | None:
+    """Put the complete record ``stage`` at ``final`` by renames. An old record there is removed, its
+    ``defense/`` results first moved aside to ``<name>.defense-replaced-<time>`` (returned), since they
+    belong to the old attack."""
+    if not final.exists():
+        os.replace(stage, final)
+        return None
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    os.replace(stage, final)
+    kept = None
+    if (old / "defense").is_dir():
+        kept = final.parent / f"{final.name}.defense-replaced-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+        os.replace(old / "defense", kept)
+    shutil.rmtree(old, ignore_errors=True)
+    return kept
 
 
 def _train(settings: AttackSettings, spec, train: SplitTensors, clean_test, bd_test, epochs, progress, desc):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import (BurnError, CorruptFileError, RecordNotFoundError, ShapeMismatchError,
+from ..errors import (BadInputError, BurnError, CorruptFileError, RecordNotFoundError, ShapeMismatchError,
                       UnknownNameError)
 from ..fileio import load_settings_file, save_torch, torch_load
 from . import datasets as D
@@ -294,13 +294,31 @@ def resolve_attack_folder(name: str | os.PathLike, cwd: str | os.PathLike | None
     for c in candidates:
         if (c / "attack_result.pt").is_file():
             return c
+        if c.is_file() and c.name == "attack_result.pt":
+            return c.parent
     for c in candidates:
+        if c.is_file():
+            raise RecordNotFoundError(f"{c} is a file, not a folder; give the attack record folder (the one holding "
+                                      f"attack_result.pt)")
         if c.is_dir():
             raise RecordNotFoundError(f"no attack_result.pt in {c}; give an attack record folder (the one holding "
                                       f"attack_result.pt)")
     raise RecordNotFoundError(
         f"attack record {str(name)!r} not found: neither record/{name}/ under {cwd} nor the path {name} exists; "
         f"run from the BackdoorBench root or pass the record folder's path to --attack_folder")
+
+
+#: the command that makes a small record for the benchmarks and diagnostics (named when none is given)
+SMALL_RECORD_COMMAND = ("burn attack --attack badnet --dataset fashionmnist --train_subset 3000 --epochs 5 "
+                        "--out record/badnet_fm_small")
+
+
+def require_record_argument(value) -> Path:
+    """A script's ``--record``: one line naming the command that makes one when none is given."""
+    if not value:
+        raise BadInputError(f"no --record given; make a small record with `{SMALL_RECORD_COMMAND}` (needs "
+                            f"dataset-fashion-mnist) and pass --record record/badnet_fm_small")
+    return Path(value)
 
 
 def record_dataset(folder: Path) -> str | None:
@@ -480,14 +498,16 @@ def read_summary(path: Path, row: str = "last") -> dict | None:
 # writing
 
 def write_poisoned_split(folder: Path, split_dir: str, images: dict[int, np.ndarray], bd_labels: dict[int, int],
-                         orig_labels: dict[int, int], *, ram: bool = False) -> dict:
+                         orig_labels: dict[int, int], *, ram: bool = False, record_name: str | None = None) -> dict:
     """Write poisoned samples the way BackdoorBench does; returns the ``data_dict``.
 
     Disk mode: ``<folder>/<split_dir>/<orig_label>/<idx>.png``, stored path relative to the
-    BackdoorBench root (``./record/<folder name>/<split_dir>/...``). RAM mode keeps PIL images.
+    BackdoorBench root (``./record/<record_name>/<split_dir>/...``; ``record_name`` defaults to the
+    folder's name, and differs from it while a record is built in a staging folder). RAM mode keeps
+    PIL images.
     """
     data_dict: dict = {}
-    rel_base = f"./record/{folder.name}/{split_dir}"
+    rel_base = f"./record/{record_name or folder.name}/{split_dir}"
     for idx, img in images.items():
         key = np.int64(idx)
         pil = Image.fromarray(np.asarray(img, dtype=np.uint8))
