@@ -94,6 +94,12 @@ def os_error_line(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where}; check permissions and free space"
 
 
+def one_line(message: str) -> str:
+    """``message`` as one printable line: control characters (a newline or record separator inside a
+    path or value the user typed) are shown escaped, as Python writes them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+
+
 def _quiet_stdout() -> None:
     """The reader of our stdout has gone (``burn info R | head -1``): send the rest nowhere, so that
     the flush at exit raises nothing."""
@@ -119,12 +125,12 @@ def run_reporting_errors(fn: Callable[[], int | None], *, debug: bool = False) -
     except BurnError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
         if debug:
             raise
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(os_error_line(exc))}", file=sys.stderr)
         return 2 if exc.errno in _BAD_PATH_ERRNOS else 1
     except KeyboardInterrupt:
         print("error: interrupted; files already written are complete (results are written atomically)",

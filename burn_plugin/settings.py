@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from .core.config import BurnConfig
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse, but a bad flag or value is one ``error: ...`` line naming the fix (exit 2), not the
     whole usage text: the promise of ``burn`` and of the BackdoorBench entry scripts for bad input."""
 
     def error(self, message: str):
-        self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
+        self.exit(2, f"error: {one_line(f'{self.prog}: {message}')}; see {self.prog} --help\n")
 
 
 # run-level keys (not BURN's algorithm): name -> (type, default, help)
@@ -157,7 +157,7 @@ def add_algorithm_flags(parser: argparse.ArgumentParser, config_classes=(BurnCon
                 kwargs["nargs"] = len(default)
             elif kind in (int, float, str):
                 kwargs["type"] = kind
-            choices = getattr(config_cls, "_CHOICES", {}).get(f.name)
+            choices = config_cls.choices_of(f.name) if hasattr(config_cls, "choices_of") else None
             if choices:
                 kwargs["metavar"] = "{" + ",".join(choices) + "}"
             what = getattr(config_cls, "_HELP", {}).get(f.name)
