@@ -129,10 +129,18 @@ def refuse_finished(out: Path, method: str, overwrite: bool) -> None:
                                 f"or --output_dir for a new folder (--resume only continues an unfinished run)")
 
 
-def prepare_output(record: AttackRecord, method: str, output_dir, overwrite: bool, resume: bool) -> Path:
+def default_output_name(method: str, config) -> str:
+    """``<record>/defense/<this>/``: the method's name, plus ``_<detector>`` when BURN ranks with another
+    detector than the paper's, so that runs with different detectors sit side by side."""
+    detector = getattr(config, "detector", "boundary")
+    return method if detector == "boundary" else f"{method}_{detector}"
+
+
+def prepare_output(record: AttackRecord, method: str, output_dir, overwrite: bool, resume: bool,
+                   config=None) -> Path:
     """The output folder, checked writable before any work. A finished result (``defense_result.pt``)
     is replaced only with ``overwrite``; ``resume`` continues an *unfinished* run only."""
-    out = Path(output_dir) if output_dir else record.folder / "defense" / method
+    out = Path(output_dir) if output_dir else record.folder / "defense" / default_output_name(method, config)
     refuse_finished(out, method, overwrite)
     if not writable_folder(out):
         raise OutputNotWritableError(f"cannot write results to {out} (not a writable folder, or the disk is full); "
@@ -160,7 +168,7 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
     record = load_record(attack_folder, trusted=trusted, dataset=dataset, dataset_path=dataset_path)
     device = resolve_device(device)  # after the record: a broken record is the first thing to report
     model = record.build_model(model_name)
-    out = prepare_output(record, method, output_dir, overwrite, resume)
+    out = prepare_output(record, method, output_dir, overwrite, resume, config)
     if resume:
         _check_checkpoint(out, config)
     handler, log_path = setup_logger(out)
@@ -238,6 +246,9 @@ def print_summary(summary: dict) -> None:
             return "n/a" if v is None else f"{v:.4f}"
         print(f"  detection: AUROC l(x) {f(det['auroc_distance_poison'])} (label-flipped {f(det['auroc_distance_flipped'])}), "
               f"AUROC S {f(det['auroc_score_poison'])}")
+        if det.get("detector", "boundary") != "boundary":
+            print(f"  detector {det['detector']}: AUROC {f(det.get('auroc_detector_poison'))} (label-flipped "
+                  f"{f(det.get('auroc_detector_flipped'))})")
         last = det["rounds"][-1] if det["rounds"] else None
         if last:
             ps = last["poison_set"]

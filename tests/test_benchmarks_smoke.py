@@ -90,3 +90,28 @@ def test_oracle_distance_diagnostic(hand_record, tmp_path, capsys):
     assert d["oracle"][1]["clean_set_poison"] == 0   # BD ranks every poisoned sample top, so none is kept as clean
     assert [r["round"] for r in d["oracle"]] == [0, 1] and [r["round"] for r in d["real"]] == [0, 1]
     assert "oracle distances" in capsys.readouterr().out
+
+
+def test_detectors_benchmark(hand_record, tmp_path, capsys):
+    from burn_plugin.core.detectors import list_detectors
+
+    dt = _load("detectors")
+    out, md = tmp_path / "det.json", tmp_path / "det.md"
+    assert dt.main(["--record", str(hand_record.folder), "--defend", "--boundary-variants", "12", "--sdf-max-iter", "3",
+                    "--json", str(out), "--markdown", str(md),
+                    "--set", "rounds=1", "--set", "epochs=1", "--set", "k_p0=10", "--set", "k_pT=10",
+                    "--set", "k_c0=20", "--set", "k_cT=20", "--set", "max_iter=5"]) == 0
+    (r,) = json.loads(out.read_text())
+    assert [d["detector"] for d in r["detectors"]] == list_detectors() and "oracle" not in list_detectors()
+    for d in r["detectors"]:
+        assert 0 <= d["auroc_poison"] <= 1 and "test_asr" in d["after"]
+        folder = "burn" if d["detector"] == "boundary" else f"burn_{d['detector']}"
+        run = json.loads((hand_record.folder / "defense" / folder / "run.json").read_text())
+        assert run["config"]["detector"] == d["detector"]
+    # the oracle ranks exactly the 6 poisoned samples first: phase 1 (top 4) relabels poison only
+    oracle = json.loads((hand_record.folder / "defense" / "burn_oracle" / "run.json").read_text())
+    assert oracle["detection"]["auroc_detector_poison"] == 1.0
+    assert oracle["detection"]["rounds"][0]["poison_set"]["precision"] == 1.0
+    assert [v["variant"].split()[0] for v in r["boundary_variants"]] == ["box_aware=True", "box_aware=False",
+                                                                         "superdeepfool"]
+    assert "| oracle (diagnostic) |" in md.read_text()

@@ -196,3 +196,40 @@ def test_boundary_method_reaches_the_analysis_and_has_its_own_cache_entry(small_
     assert torch.equal(again.distance, sdf.distance)
     with pytest.raises(Exception, match="boundary_method"):
         BurnConfig(boundary_method="fab")
+
+
+# ------------------------------------------------------------------------------------------------
+# detectors in the loop (core/detectors.py)
+
+def test_default_detector_is_the_papers_bd_bit_for_bit(reference_run):
+    from burn_plugin.core.scores import boundary_score
+
+    res = reference_run
+    assert res.detector == "boundary" and "detector_s" not in res.timings
+    assert torch.equal(res.bd, boundary_score(res.boundary.distance))
+
+
+def test_another_detector_replaces_bd_and_keeps_the_adversarial_labels(small_problem, reference_run):
+    from burn_plugin.core.detectors import detector_scores
+
+    model, data = small_problem
+    res = run_burn(copy.deepcopy(model), data, cfg(detector="activation_clustering"), progress=False)
+    assert res.detector == "activation_clustering" and res.timings["detector_s"] >= 0
+    assert torch.equal(res.boundary.distance, reference_run.boundary.distance)   # the analysis itself is unchanged
+    frozen = copy.deepcopy(model).eval()
+    expected = detector_scores("activation_clustering", frozen, data.x, data.y, mean=MEAN, std=STD,
+                               boundary_distance=res.boundary.distance, batch_size=64, seed=0)
+    assert torch.equal(res.bd, expected)
+    top = torch.argsort(res.bd, descending=True, stable=True)[:10]
+    assert sorted(res.selections[0].poison.tolist()) == sorted(top.tolist())
+    s0 = res.selections[0].poison   # relabelled to the boundary analysis's adversarial label
+    assert res.history[0]["n_relabelled"] == int((res.boundary.adv_label[s0] != data.y[s0]).sum())
+
+
+def test_detector_setting_is_checked():
+    from burn_plugin.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="detector must be one of"):
+        BurnConfig(detector="nope")
+    with pytest.raises(ConfigError, match="distance_model: frozen"):
+        BurnConfig(detector="spectral", distance_model="current")

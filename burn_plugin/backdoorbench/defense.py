@@ -197,15 +197,15 @@ class Burn:
                 self._merge(ds)  # the dataset's own default YAML, now that the record says which
         if not self._given("dataset"):  # a YAML's dataset: is a default, the record decides (interface.md 1.4)
             self.args.dataset = record_dataset(folder) or self.args.dataset
+        from ..defend import default_output_name, refuse_finished
+
         out = self._given("output_dir")
         self.save_dir = (Path(out) if Path(out).is_absolute() else self.cwd / out) if out else \
-            folder / "defense" / self.name
+            folder / "defense" / default_output_name(self.name, self.config)
         self.save_path = str(self.save_dir) + os.sep
         self.args.result_file = str(result_file)
         self.args.save_path = self.save_path
         self.args.log = str(self.save_dir / "log") + os.sep
-        from ..defend import refuse_finished
-
         refuse_finished(self.save_dir, self.name, bool(self.cli.get("overwrite")))
 
     def set_logger(self) -> None:

@@ -66,6 +66,7 @@ class BurnResult:
     timings: dict
     stopped_early: str | None = None
     completed_rounds: int = 0
+    detector: str = "boundary"           # whose score BD is (BurnConfig.detector)
 
 
 class Checkpoint(Protocol):
@@ -100,6 +101,19 @@ def state_hash(*tensors_or_dicts, extra: str = "") -> str:
                 h.update(repr(v).encode())
     h.update(extra.encode())
     return h.hexdigest()[:20]
+
+
+def poison_scores(frozen: nn.Module, data: BurnData, cfg: BurnConfig, boundary: BoundaryResult, *,
+                  device="cpu") -> torch.Tensor:
+    """BD: the chosen detector's score of every training sample, in [0, 1] (``cfg.detector``;
+    ``boundary`` is the paper's ``l / l_max`` itself)."""
+    if cfg.detector == "boundary":
+        return boundary_score(boundary.distance)
+    from .detectors import detector_scores
+
+    return detector_scores(cfg.detector, frozen, data.x, data.y, mean=data.mean, std=data.std,
+                           boundary_distance=boundary.distance, adv_label=boundary.adv_label, device=device,
+                           batch_size=cfg.boundary_batch_size, seed=cfg.random_seed)
 
 
 def _outputs(model: nn.Module, x, cfg: BurnConfig, device) -> torch.Tensor:
@@ -210,7 +224,10 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
     if (~boundary.converged).any():
         log.warning("%d of %d samples did not cross a boundary within max_iter=%d; their last norm is used",
                     int((~boundary.converged).sum()), n, cfg.max_iter)
-    bd = boundary_score(boundary.distance)
+    t0 = time.time()
+    bd = poison_scores(frozen, data, cfg, boundary, device=device)
+    if cfg.detector != "boundary":
+        timings["detector_s"] = time.time() - t0
     adv_label = boundary.adv_label
 
     t0 = time.time()
@@ -293,7 +310,7 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
     set_channels_last(model, False)   # hand back ordinary contiguous weights
     return BurnResult(model=model.cpu(), boundary=boundary, bd=bd, final_pd=pd, final_score=score,
                       selections=selections, history=history, timings=timings, stopped_early=stopped,
-                      completed_rounds=len(history))
+                      completed_rounds=len(history), detector=cfg.detector)
 
 
 def result_settings(cfg: BurnConfig) -> dict:

@@ -38,6 +38,12 @@ the rest open; each open choice is a key here, with the default and its reason:
   format during the run (same arithmetic up to float rounding; weights are handed back contiguous).
   On this project's 2-core CPU it was not a reliable win (boundary analysis x1.34 in one benchmark
   run, x0.87 in another; inference x1.15; training x1.0), so it is off; it is meant for CUDA.
+- ``detector = "boundary"``: the paper's BD = l(x) / l_max ranks the samples. Another name from
+  ``core/detectors.py`` (spectral signatures, activation clustering, SCAn, or ``combined``) puts its
+  score, normalised to [0, 1], wherever the paper uses BD (phase 1's ranking and BD in phase 2's S,
+  the paper's own suggested next step, section 7); the relabelling still uses the boundary analysis's
+  adversarial label, and the feature detectors use l(x) to decide which part of a label is suspect,
+  so the boundary analysis always runs.
 - ``random_seed = 0``: BackdoorBench's default seed.
 """
 from __future__ import annotations
@@ -65,10 +71,17 @@ class ConfigBase:
     def validate(self) -> None:  # each config checks its own fields
         raise NotImplementedError
 
+    @classmethod
+    def choices_of(cls, key: str) -> tuple | None:
+        """The allowed string values of ``key`` (None: any value of its type)."""
+        return cls._CHOICES.get(key)
+
     def _check_choices(self) -> None:
-        for k, choices in self._CHOICES.items():
-            v = getattr(self, k)
-            need(v in choices, f"{k} must be one of {', '.join(choices)}, got {v!r:.60}")
+        for k in self.keys():
+            choices = self.choices_of(k)
+            if choices is not None:
+                v = getattr(self, k)
+                need(v in choices, f"{k} must be one of {', '.join(choices)}, got {v!r:.60}")
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -127,6 +140,7 @@ class BurnConfig(ConfigBase):
     grad_mode: str = "loop"
     channels_last: bool = False
     # scores
+    detector: str = "boundary"
     pd_output: str = "softmax"
     # run
     random_seed: int = 0
@@ -159,6 +173,8 @@ class BurnConfig(ConfigBase):
         "box_aware": "DeepFool step ignores gradient parts pointing out of [0,1] at saturated pixels",
         "grad_mode": "class gradients by a loop of backward passes or one batched call",
         "channels_last": "channels-last memory format during the run (speed only)",
+        "detector": "poison detector whose score stands where the paper uses BD (phase 1's ranking, BD in S): "
+                    "boundary (the paper's l/l_max) or a feature-space detector (core/detectors.py)",
         "pd_output": "f in PD: softmax outputs or logits",
         "random_seed": "seed for shuffling and augmentation",
         "eval_every_round": "ACC/ASR/RA after every round (reporting only; off: only at the end)",
@@ -169,6 +185,14 @@ class BurnConfig(ConfigBase):
                 "grad_mode": ("loop", "batched"),
                 "candidate_mode": ("fixed", "adaptive"), "boundary_method": ("deepfool", "superdeepfool"),
                 "pd_output": ("softmax", "logits")}
+
+    @classmethod
+    def choices_of(cls, key: str) -> tuple | None:
+        if key == "detector":   # the detector registry, including detectors registered after import
+            from .detectors import list_detectors
+
+            return tuple(list_detectors())
+        return super().choices_of(key)
 
     def validate(self) -> None:
         need(isinstance(self.rounds, int) and self.rounds >= 0, f"rounds must be an integer >= 0, got {self.rounds!r}")
@@ -193,6 +217,8 @@ class BurnConfig(ConfigBase):
              f"search_iter must be an integer >= 0, got {self.search_iter!r}")
         need(_num(self.overshoot) and self.overshoot >= 0, f"overshoot must be >= 0, got {self.overshoot!r}")
         self._check_choices()
+        need(self.detector == "boundary" or self.distance_model == "frozen",
+             f"detector {self.detector} scores the frozen infected model; use distance_model: frozen with it")
         need(isinstance(self.random_seed, int) and 0 <= self.random_seed < 2 ** 32,
              f"random_seed must be an integer in [0, 2**32), got {self.random_seed!r:.60}")
 

@@ -115,6 +115,18 @@ def order_defenses(names: Iterable[str]) -> list[str]:
     return known + sorted(n for n in names if n not in DEFENSE_ORDER)
 
 
+def table_name(folder_name: str, run: dict, taken: set) -> str:
+    """A defense's name in the table: its folder's, or ``burn[spectral]`` for BURN ranking with another
+    detector than the paper's (``run.json`` says which; the folder name is kept when two folders of
+    one attack would otherwise share a name)."""
+    config = run.get("config") if isinstance(run.get("config"), dict) else {}
+    detector = config.get("detector", "boundary")
+    if not isinstance(detector, str) or detector == "boundary":
+        return folder_name
+    label = f"{run.get('method') or folder_name}[{detector}]"
+    return label if label not in taken else f"{folder_name}[{detector}]"
+
+
 def display_name(defense: str) -> str:
     return DISPLAY_NAMES.get(defense, defense)
 
@@ -326,11 +338,13 @@ def gather_results(root: str | os.PathLike, *, attacks=None, defenses=None, reev
         base.update(vals or {}, source=source, note=note)
         rows.append(base)
 
+        taken: set = set()
         for ddir in ddirs:
             name = ddir.name
             run = read_run_json(ddir)
-            row = {"attack": adir.name, "defense": name, "data_used": data_used_of(name, run),
+            row = {"attack": adir.name, "defense": table_name(name, run, taken), "data_used": data_used_of(name, run),
                    "wall_seconds": _to_float(run.get("wall_seconds"))}
+            taken.add(row["defense"])
             vals, source, note = None, "missing", ""
             if record is not None:
                 if (ddir / "defense_result.pt").is_file():

@@ -40,8 +40,11 @@ def detection_report(result, flags: dict) -> dict:
     adv = result.boundary.adv_label.numpy()
     score = result.final_score.numpy().astype(float)
     out: dict = {"n_train": int(len(poison)), "n_poison": int(poison.sum()), "n_label_flipped_poison": int(flipped.sum())}
+    bd = result.bd.numpy().astype(float)
+    out["detector"] = getattr(result, "detector", "boundary")
     for name, pos in (("poison", poison), ("flipped", flipped)):
         out[f"auroc_distance_{name}"] = _auroc(dist, pos)
+        out[f"auroc_detector_{name}"] = _auroc(bd, pos)   # BD: l / l_max, or the chosen detector's score
         out[f"auroc_score_{name}"] = _auroc(score, pos)
     rounds = []
     for s in result.selections:

@@ -1,0 +1,233 @@
+"""Poison detectors inside BURN, side by side on attack records: how well each ranks the poison, what
+it costs beside the boundary analysis, and (``--defend``) what BURN achieves with it.
+
+For every record and every detector in ``--detectors`` (default: all of ``core/detectors.py``):
+
+- AUROC of the detector's score against all poisoned samples and against label-flipped poison only
+  (the record's poison flags are read here, for the report; no detector sees them);
+- phase 1's precision: the share of poison (and of label-flipped poison) in the top ``k_p0`` % of
+  training samples by the score, the set BURN relabels first;
+- wall time: the boundary analysis (shared by all detectors: the relabelling needs its adversarial
+  labels, and the feature detectors use l(x) to choose the suspect part of a label), the penultimate
+  features (shared by the feature detectors) and the detector itself;
+- ``--defend``: ACC / ASR / RA after ``burn defend`` with the paper's settings (``--set`` changes them)
+  and that detector, written to ``<record>/defense/burn_<detector>/`` (``burn/`` for ``boundary``), and
+  beside them the oracle diagnostic (``benchmarks/oracle_distance.py``: BD ranks every poisoned
+  sample first; not a defense, it peeks at the flags);
+- ``--boundary-variants N``: the boundary detector's own settings on a stratified subsample of N
+  training samples: ``box_aware`` true (our default) and false (plain clip-after-step DeepFool, the
+  paper's and Foolbox's), and SuperDeepFool: AUROC of l(x) and seconds per 1,000 images.
+
+    python benchmarks/detectors.py --record record/badnet_fm --record record/blended_fm \\
+        [--detectors boundary,activation_clustering] [--defend] [--boundary-variants 2000] \\
+        [--set eval_every_round=false] [--json out.json] [--markdown out.md]
+
+The boundary analysis is cached in ``<record>/defense/.burn_cache`` (as ``burn defend`` caches it),
+so a second run, and the ``--defend`` runs, reuse it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--record", action="append", default=[], help="attack record folder (repeatable); without "
+                    "one, the script names the command that makes a small one")
+    ap.add_argument("--detectors", default=None, help="comma list (default: every registered detector)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a BurnConfig setting for the analysis and --defend runs (repeatable); default: the paper's")
+    ap.add_argument("--defend", action="store_true", help="also run BURN with each detector, and the oracle")
+    ap.add_argument("--overwrite", action="store_true", help="with --defend: replace earlier results")
+    ap.add_argument("--boundary-variants", type=int, default=0, metavar="N",
+                    help="compare box_aware true/false and SuperDeepFool on N stratified training samples")
+    ap.add_argument("--sdf-max-iter", type=int, default=12, help="SuperDeepFool's budget in the variants")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", default=None, help="write every number here")
+    ap.add_argument("--markdown", default=None, help="write the table here")
+    return ap.parse_args(argv)
+
+
+def auroc(score, positive):
+    from sklearn.metrics import roc_auc_score
+
+    positive = positive.numpy().astype(bool)
+    if positive.all() or not positive.any():
+        return None
+    return float(roc_auc_score(positive, score.double().numpy()))
+
+
+def precision_at(score, positive, k: int):
+    import torch
+
+    top = torch.argsort(score, descending=True, stable=True)[:k]
+    return float(positive[top].float().mean()) if k else None
+
+
+def register_oracle(poison, distance):
+    """The oracle diagnostic as a detector: BD = l / l_max after every poisoned sample's l(x) is raised
+    above every clean one's (exactly ``oracle_distance.py``'s distances)."""
+    from burn_plugin.core.detectors import DETECTORS, register_detector
+    from burn_plugin.core.scores import boundary_score
+
+    DETECTORS.pop("oracle", None)
+
+    @register_detector("oracle", needs_boundary=True, needs_features=False)
+    def _oracle(ctx):
+        """DIAGNOSTIC: peeks at the poison flags."""
+        return boundary_score(distance + poison.float() * (float(distance.max()) + 1.0))
+
+
+def boundary_variants(rec, data, cfg, poison, n: int, sdf_max_iter: int, device: str) -> list[dict]:
+    import dataclasses
+
+    import torch
+
+    from burn_plugin.core import burn as core
+
+    g = torch.Generator().manual_seed(0)
+    pos, neg = poison.nonzero().flatten(), (~poison).nonzero().flatten()
+    n_pos = min(len(pos), max(1, int(round(n * float(poison.float().mean())))))
+    idx = torch.cat([pos[torch.randperm(len(pos), generator=g)[:n_pos]],
+                     neg[torch.randperm(len(neg), generator=g)[:n - n_pos]]])
+    sub = core.BurnData(x=data.x[idx], y=data.y[idx], mean=data.mean, std=data.std, hflip=data.hflip)
+    rows = []
+    for name, change in (("box_aware=True (default)", {}), ("box_aware=False (paper, Foolbox)", {"box_aware": False}),
+                         (f"superdeepfool max_iter={sdf_max_iter}",
+                          {"boundary_method": "superdeepfool", "max_iter": sdf_max_iter})):
+        c = dataclasses.replace(cfg, **change)
+        t0 = time.time()
+        res = core.analyse_boundary(rec.build_model().to(device), sub, c, device=device)
+        sec = time.time() - t0
+        rows.append({"variant": name, "samples": len(idx), "auroc_poison": auroc(res.distance, poison[idx]),
+                     "not_converged": int((~res.converged).sum()), "seconds_per_1000": 1000 * sec / len(idx)})
+        print(f"  {name:34s} AUROC {rows[-1]['auroc_poison']:.3f}  not converged {rows[-1]['not_converged']:4d}  "
+              f"{rows[-1]['seconds_per_1000']:.1f} s / 1000 images", flush=True)
+    return rows
+
+
+def measure_record(folder, args, cfg, names) -> dict:
+    from burn_plugin.bench.records import load_record
+    from burn_plugin.core import burn as core
+    from burn_plugin.core.detectors import DETECTORS, detector_scores, penultimate_features
+    from burn_plugin.core.scores import count_of
+    from burn_plugin.defend import cache_folder, default_output_name, defend
+    from burn_plugin.fileio import FileBoundaryCache
+
+    rec = load_record(folder)
+    train = rec.tensors("bd_train")
+    data = core.BurnData(x=train.x, y=train.label, mean=rec.spec.mean3, std=rec.spec.std3, hflip=rec.spec.hflip)
+    poison = train.poison.bool()
+    flipped = poison & (train.label != train.original_label)
+    model = rec.build_model().to(args.device).eval()
+    print(f"\nrecord {rec.folder}: {len(poison)} training samples, {int(poison.sum())} poisoned "
+          f"({int(flipped.sum())} label-flipped)", flush=True)
+    t0 = time.time()
+    boundary = core.analyse_boundary(model, data, cfg, device=args.device,
+                                     cache=FileBoundaryCache(cache_folder(rec, rec.folder / "defense" / "burn")))
+    boundary_s = time.time() - t0
+    t0 = time.time()
+    features = penultimate_features(model, data.x, mean=data.mean, std=data.std, batch_size=cfg.boundary_batch_size,
+                                    device=args.device)
+    features_s = time.time() - t0
+    k = count_of(cfg.k_p0, len(poison), "k_p0")
+    out = {"record": str(rec.folder), "n_train": len(poison), "n_poison": int(poison.sum()),
+           "boundary_seconds": boundary_s, "features_seconds": features_s, "k_p0_samples": k, "detectors": []}
+    print(f"  boundary analysis {boundary_s:.0f} s (0 s when cached), penultimate features {features_s:.1f} s; "
+          f"phase 1 relabels the top {k}", flush=True)
+    for name in names:
+        t0 = time.time()
+        s = detector_scores(name, model, data.x, data.y, mean=data.mean, std=data.std,
+                            boundary_distance=boundary.distance, adv_label=boundary.adv_label, device=args.device,
+                            batch_size=cfg.boundary_batch_size, seed=cfg.random_seed,
+                            features=features if DETECTORS[name].needs_features else None)
+        row = {"detector": name, "seconds": time.time() - t0,
+               "uses_features": DETECTORS[name].needs_features,
+               "auroc_poison": auroc(s, poison), "auroc_flipped": auroc(s, flipped),
+               "phase1_precision": precision_at(s, poison, k), "phase1_precision_flipped": precision_at(s, flipped, k)}
+        out["detectors"].append(row)
+        print(f"  {name:22s} AUROC {fmt(row['auroc_poison'])} (flipped {fmt(row['auroc_flipped'])})  phase-1 "
+              f"precision {fmt(row['phase1_precision'])} (flipped {fmt(row['phase1_precision_flipped'])})  "
+              f"{row['seconds']:.1f} s", flush=True)
+    if args.boundary_variants:
+        print(f"  boundary settings on {args.boundary_variants} stratified samples:", flush=True)
+        out["boundary_variants"] = boundary_variants(rec, data, cfg, poison, args.boundary_variants,
+                                                     args.sdf_max_iter, args.device)
+    if args.defend:
+        import dataclasses
+
+        register_oracle(poison, boundary.distance)
+        out["oracle"] = {"detector": "oracle"}
+        try:
+            for row in out["detectors"] + [out["oracle"]]:
+                c = dataclasses.replace(cfg, detector=row["detector"])
+                t0 = time.time()
+                summary = defend(rec.folder, config=c, device=args.device, overwrite=args.overwrite, progress=False,
+                                 output_dir=rec.folder / "defense" / default_output_name("burn", c))
+                out["before"], row["after"], row["defend_seconds"] = summary["before"], summary["after"], time.time() - t0
+                a = row["after"]
+                print(f"  BURN[{row['detector']}]: ACC {a['test_acc']:.4f}  ASR {a['test_asr']:.4f}  "
+                      f"RA {a['test_ra']:.4f}  ({row['defend_seconds']:.0f} s)", flush=True)
+        finally:
+            DETECTORS.pop("oracle", None)
+    return out
+
+
+def fmt(v) -> str:
+    return "  -  " if v is None else f"{v:.3f}"
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| record | detector | AUROC (all / flipped) | phase-1 precision (all / flipped) | ACC / ASR / RA after BURN "
+             "| detector s (boundary analysis s) |", "|---|---|---|---|---|---|"]
+
+    def pct(m):
+        return " / ".join(f"{100 * m[k]:.2f}" for k in ("test_acc", "test_asr", "test_ra")) if m else "-"
+    for r in results:
+        name = r["record"].rstrip("/").split("/")[-1]
+        if r.get("before"):
+            lines.append(f"| {name} | no defense | | | {pct(r['before'])} | |")
+        for d in r["detectors"]:
+            lines.append(f"| {name} | {d['detector']} | {fmt(d['auroc_poison'])} / {fmt(d['auroc_flipped'])} | "
+                         f"{fmt(d['phase1_precision'])} / {fmt(d['phase1_precision_flipped'])} | {pct(d.get('after'))} | "
+                         f"{d['seconds'] + (r['features_seconds'] if d['uses_features'] else 0):.1f} "
+                         f"({r['boundary_seconds']:.0f}) |")
+        if r.get("oracle"):
+            lines.append(f"| {name} | oracle (diagnostic) | 1 / 1 | 1 / - | {pct(r['oracle'].get('after'))} | |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from burn_plugin.bench.records import require_record_argument
+    from burn_plugin.core.config import BurnConfig
+    from burn_plugin.core.detectors import list_detectors
+    from burn_plugin.errors import ConfigError
+
+    records = [require_record_argument(r) for r in (args.record or [None])]
+    values = {k.strip(): v.strip() for k, v in (item.partition("=")[::2] for item in args.set)}
+    cfg = BurnConfig.from_mapping(values, source="--set")
+    names = [n.strip() for n in args.detectors.split(",")] if args.detectors else list_detectors()
+    unknown = [n for n in names if n not in list_detectors()]
+    if unknown:
+        raise ConfigError(f"unknown detector(s) {', '.join(unknown)}; choose from {', '.join(list_detectors())}")
+    results = [measure_record(r, args, cfg, names) for r in records]
+    table = markdown(results)
+    print("\n" + table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+    return 0
+
+
+if __name__ == "__main__":
+    from burn_plugin.errors import run_reporting_errors
+
+    sys.exit(run_reporting_errors(main))
