@@ -512,3 +512,18 @@ def test_cli_errors(tree, tmp_path, capsys):
     assert main(["compare", str(tree["root"]), "--metrics", "acc,bogus", "--out", str(tmp_path / "o")]) == 2
     assert "bogus" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_burn_with_another_detector_is_named_after_it(tree, tmp_path):
+
+    src = tree["root"] / "badnet_x" / "defense" / "burn"
+    root = tmp_path / "record"
+    shutil.copytree(tree["root"] / "badnet_x", root / "badnet_x")
+    for folder, detector in (("burn_spectral", "spectral"), ("burn_spectral_again", "spectral")):
+        dst = root / "badnet_x" / "defense" / folder
+        shutil.copytree(src, dst)
+        run = json.loads((dst / "run.json").read_text()) if (dst / "run.json").is_file() else {}
+        run.update(method="burn", config={"detector": detector})
+        (dst / "run.json").write_text(json.dumps(run))
+    names = set(gather_results(root, reevaluate=False)["defense"])
+    assert {"burn", "burn[spectral]", "burn_spectral_again[spectral]"} <= names   # each folder keeps one row
