@@ -32,14 +32,15 @@ def subcommand(name: str, help: str):
 # ------------------------------------------------------------------------------------------------
 @subcommand("attack", "train a backdoored model and write a BackdoorBench record folder")
 def cmd_attack(args) -> int:
-    from .bench.attacks import AttackSettings, run_attack
+    from .bench.attacks import AttackSettings, attack_params, run_attack
 
     settings = AttackSettings(attack=args.attack, dataset=args.dataset, model=args.model, pratio=args.pratio,
                               attack_target=args.target, attack_label_trans=args.attack_label_trans,
                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                               random_seed=args.random_seed, device=args.device, blend_alpha=args.blend_alpha,
                               trigger_image=args.trigger_image, dataset_path=args.dataset_path,
-                              ram_mode=args.ram_mode, train_subset=args.train_subset, test_subset=args.test_subset)
+                              ram_mode=args.ram_mode, train_subset=args.train_subset, test_subset=args.test_subset,
+                              extra={k: getattr(args, k) for k in attack_params() if hasattr(args, k)})
     out = Path(args.out) if args.out else Path("record") / f"{args.attack}_{args.dataset}_{args.model}"
     final = run_attack(settings, out, overwrite=args.overwrite, clean_reference=args.clean_reference,
                        progress=not args.quiet)
@@ -56,7 +57,7 @@ def cmd_attack(args) -> int:
 
 
 def _configure_attack(p):
-    from .bench.attacks import list_attacks
+    from .bench.attacks import attack_params, list_attacks
     from .bench.datasets import list_datasets
 
     p.add_argument("--attack", default="badnet", help=f"attack: {', '.join(list_attacks())} (default badnet)")
@@ -88,6 +89,8 @@ def _configure_attack(p):
     p.add_argument("--overwrite", action="store_true", help="replace an existing record in --out")
     flag(p, "clean_reference", action="store_true",
          help="also train the same model on clean data and print its accuracy for comparison")
+    for k, (typ, default, hlp, owners) in attack_params().items():
+        flag(p, k, type=typ, default=argparse.SUPPRESS, help=f"{'/'.join(owners)}: {hlp} (default {default})")
 
 
 cmd_attack.configure = _configure_attack

@@ -194,3 +194,174 @@ def test_run_attack_bad_settings(tmp_path):
     with pytest.raises(UnknownNameError):
         run_attack(AttackSettings(dataset="svhn", epochs=1), tmp_path / "record" / "c", progress=False)
     assert not (tmp_path / "record").exists()  # nothing written before the settings are checked
+
+
+def test_sig_signal_on_hand_made_images():
+    from burn_plugin.bench.attacks.sig import SIG, sig_signal
+
+    sig = get_attack("sig", sig_delta=40, sig_f=2)
+    assert isinstance(sig, SIG) and sig.clean_label and sig.params() == {"sig_delta": 40.0, "sig_f": 2.0}
+    # f = 2 periods over m = 8 columns: 40 sin(pi j / 2) = 0, 40, 0, -40, 0, 40, 0, -40, the same in every row
+    v = sig_signal(3, 8, 40, 2)
+    np.testing.assert_allclose(v, np.tile([0, 40, 0, -40, 0, 40, 0, -40], (3, 1)), atol=1e-12)
+    gray = np.full((3, 8), 100, np.uint8)
+    out = sig.apply(gray)
+    assert out.dtype == np.uint8 and out.shape == gray.shape
+    assert (out[:, 1] == 140).all() and (out[:, 3] == 60).all()
+    assert np.abs(out.astype(int) - (100 + v)).max() < 1   # the rest: 100 up to float rounding of sin(k pi)
+    rgb = np.stack([np.zeros((3, 8)), np.full((3, 8), 250)], axis=2).astype(np.uint8)
+    out = sig.apply(rgb)
+    assert (out[:, 1, 0] == 40).all() and (out[:, 3, 0] == 0).all()      # clipped at 0
+    assert (out[:, 1, 1] == 255).all() and (out[:, 3, 1] == 210).all()   # clipped at 255, every channel
+    assert get_attack("sig").params() == {"sig_delta": 40.0, "sig_f": 6.0}   # BackdoorBench's defaults
+
+
+@pytest.mark.parametrize("attack", ["sig", "lc"])
+def test_clean_label_attack_poisons_only_target_class_training_samples(tmp_path, attack):
+    make_mnist_layout(tmp_path / "data" / "mnist", n_train=N_TRAIN, n_test=N_TEST, seed=0)
+    folder = tmp_path / "record" / attack
+    s = AttackSettings(attack=attack, dataset="mnist", model="smallresnet", pratio=0.05, attack_target=1, epochs=1,
+                       batch_size=16, dataset_path=str(tmp_path / "data"), random_seed=2, eval_every_epoch=False)
+    run_attack(s, folder, progress=False)
+    rec = load_record(folder)
+    tr, te = rec.tensors("bd_train"), rec.tensors("bd_test")
+    _, ytr, _, yte = mnist_arrays(0)
+    poisoned = tr.original_index[tr.poison].numpy()
+    assert len(poisoned) == round(0.05 * N_TRAIN) and set(ytr[poisoned]) == {1}     # pratio of all training samples
+    assert torch.equal(tr.label, tr.original_label)                                  # labels kept: clean-label
+    np.testing.assert_array_equal(te.original_index.numpy(), np.flatnonzero(yte != 1))
+    assert bool((te.label == 1).all())                                               # backdoor label: the target
+    info = load_settings_file(folder / "info.pickle")
+    assert info["attack"] == (get_attack(attack).info_name or attack) and all(k in info for k in get_attack(attack).PARAMS)
+    if attack == "lc":   # the clean helper model (and the hard images) are kept beside the record for reuse
+        assert len(list((tmp_path / "record" / ".attack_cache").glob("clean_mnist_smallresnet_*.pt"))) == 1
+        assert len(list((tmp_path / "record" / ".attack_cache").glob("lc_hard_*.pt"))) == 1
+
+
+def test_lc_corner_trigger_on_hand_made_images():
+    from burn_plugin.bench.attacks.lc import CORNER, corner_mask
+
+    lc = get_attack("lc")
+    assert lc.clean_label and lc.info_name == "label_consistent" and lc.reduced_amplitude == 1.0
+    m = corner_mask(32, 32)
+    np.testing.assert_array_equal(m[:3, :3], [[1, -1, -1], [-1, 1, -1], [1, -1, 1]])
+    np.testing.assert_array_equal(m[-3:, :3], CORNER)
+    np.testing.assert_array_equal(m[:3, -3:], [[-1, -1, 1], [-1, 1, -1], [1, -1, 1]])   # mirrored left-right
+    np.testing.assert_array_equal(m[-3:, -3:], CORNER[:, ::-1])
+    assert (m != 0).sum() == 36
+    # 28x28 (Fashion-MNIST): nearest-neighbour sampling of the 32x32 mask keeps all four corners whole
+    m28 = corner_mask(28, 28)
+    np.testing.assert_array_equal(m28[:3, :3], CORNER)
+    np.testing.assert_array_equal(m28[-3:, -3:], CORNER[:, ::-1])
+    assert (m28 != 0).sum() == 36
+    img = np.full((32, 32, 3), 128, np.uint8)
+    out = lc.apply(img, split="test")   # test images: the trigger alone
+    assert (out[0, 0] == 255).all() and (out[0, 1] == 0).all() and (out[0, 2] == 0).all()
+    assert (out[3:-3] == 128).all() and (out[:, 3:-3] == 128).all()
+
+
+def test_lc_pgd_stays_in_its_ball_and_raises_the_loss():
+    import torch.nn.functional as F
+    from burn_plugin.bench.attacks.lc import pgd_hard_images
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    x = torch.randint(40, 216, (6, 3, 4, 4), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    eps = 8 / 255
+    hard = pgd_hard_images(model, x, y, eps=eps, step=1.5 / 255, steps=10)
+    assert hard.dtype == torch.uint8 and hard.shape == x.shape
+    assert (hard.float() - x.float()).abs().max() <= 8 + 1   # eps in pixel units, +1 for the truncation
+    loss = lambda t: F.cross_entropy(model(t.float() / 255), y)   # noqa: E731
+    assert loss(hard) > loss(x)
+    tied = pgd_hard_images(model, x[:, :1].expand(-1, 3, -1, -1).contiguous(), y, eps=eps, step=1.5 / 255, steps=10,
+                           tie_channels=True)
+    assert torch.equal(tied[:, 0], tied[:, 1]) and torch.equal(tied[:, 1], tied[:, 2])   # gray stays gray
+
+
+def test_lf_filter_rescale_targeted_step_and_trigger():
+    from burn_plugin.bench.attacks.lf import low_pass, rescale, targeted_deepfool
+
+    v = np.zeros((32, 32, 3))
+    v[16, 16] = 1.0
+    s = low_pass(v)
+    assert s.shape == v.shape and s[16, 16, 0] == s.max() and s[0, 0, 0] < s[16, 16, 0] / 10
+    np.testing.assert_allclose(s.sum(axis=(0, 1)), s.sum(axis=(0, 1))[0])   # the same filter on every channel
+    r = rescale(s)
+    assert r.min() == 0 and r.max() == pytest.approx(0.2)
+    assert (rescale(np.ones((4, 4, 3))) == 0).all()
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x = torch.rand(1, 3, 2, 2) * 0.5 + 0.25
+    k0 = int(lin(x).argmax())
+    target = (k0 + 1) % 3
+    dr, ok = targeted_deepfool(lin, x, target)
+    assert ok and int(lin(x + dr).argmax()) == target
+    lf = get_attack("lf")
+    assert lf.info_name == "lowFrequency" and not lf.clean_label
+    lf.pattern = np.full((4, 4, 3), 51, np.uint8)
+    out = lf.apply(np.full((4, 4), 220, np.uint8))        # grayscale image: channel mean of the pattern
+    assert out.dtype == np.uint8 and (out == 255).all()   # 220 + 51 clipped
+    assert (lf.apply(np.full((4, 4, 3), 10, np.uint8)) == 61).all()
+
+
+def test_lf_record_end_to_end(tmp_path, monkeypatch):
+    from burn_plugin.bench.attacks import lf
+
+    monkeypatch.setattr(lf, "N_IMAGES", 8)      # a short pattern search: the loop, not its convergence, is tested
+    monkeypatch.setattr(lf, "MAX_PASSES", 2)
+    make_mnist_layout(tmp_path / "data" / "mnist", n_train=N_TRAIN, n_test=N_TEST, seed=0)
+    folder = tmp_path / "record" / "lf"
+    s = AttackSettings(attack="lf", dataset="mnist", model="smallresnet", pratio=0.1, epochs=1, batch_size=16,
+                       dataset_path=str(tmp_path / "data"), random_seed=2, eval_every_epoch=False)
+    run_attack(s, folder, progress=False)
+    (pattern_file,) = (tmp_path / "record" / ".attack_cache").glob("lf_pattern_*.npy")
+    pattern = np.load(pattern_file)
+    assert pattern.dtype == np.uint8 and pattern.shape == (28, 28, 3) and pattern.max() <= 51
+    rec = load_record(folder)
+    tr = rec.tensors("bd_train")
+    xtr, ytr, _, _ = mnist_arrays(0)
+    i = int(tr.original_index[tr.poison][0])
+    j = int(np.flatnonzero(tr.original_index.numpy() == i)[0])
+    expected = np.clip(xtr[i].astype(np.float64) + pattern.mean(axis=2), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(tr.x[j, 0].numpy(), expected)
+    assert int(tr.label[j]) == 0 and load_settings_file(folder / "info.pickle")["attack"] == "lowFrequency"
+
+
+def test_wanet_grid_warp_and_positions():
+    from burn_plugin.bench.attacks.wanet import batch_positions, warp, warping_grid
+
+    h = 8
+    ident = warping_grid(h, 4, 0.0, 1.0, seed=0)            # s = 0: no warp
+    img = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
+    assert np.abs(warp(img, ident).astype(int) - img).max() <= 1   # identity, up to float truncation
+    g = warping_grid(h, 4, 0.5, 1.0, seed=0)
+    assert g.shape == (1, h, h, 2) and float(g.abs().max()) <= 1
+    d = (g - ident)[0] * h / 0.5                            # the upsampled control field where not clamped
+    inner = (g.abs() < 1).all(dim=3)[0]
+    assert float(d[inner].abs().max()) > 0.5                # a real warp
+    torch.testing.assert_close(g, warping_grid(h, 4, 0.5, 1.0, seed=0))   # seeded
+    # k x k control points normalised to mean |.| = 1: at the corners of the bicubic upsampling (align_corners)
+    # the field equals its control values
+    ctrl = torch.stack([d[0, 0], d[0, -1], d[-1, 0], d[-1, -1]])
+    assert float(ctrl.abs().max()) > 0 and not torch.isnan(ctrl).any()
+    warped, noise = batch_positions(300, 128, 0.1, 2)
+    assert warped.tolist() == list(range(0, 12)) + list(range(128, 140)) + list(range(256, 260))
+    assert noise.tolist() == list(range(12, 36)) + list(range(140, 164)) + list(range(260, 268))
+
+
+def test_wanet_record_flags_warped_and_noise_samples(tmp_path):
+    make_mnist_layout(tmp_path / "data" / "mnist", n_train=N_TRAIN, n_test=N_TEST, seed=0)
+    folder = tmp_path / "record" / "wanet"
+    s = AttackSettings(attack="wanet", dataset="mnist", model="smallresnet", pratio=0.1, epochs=1, batch_size=16,
+                       dataset_path=str(tmp_path / "data"), random_seed=2, eval_every_epoch=False)
+    run_attack(s, folder, progress=False)
+    tr = load_record(folder).tensors("bd_train")
+    _, ytr, _, _ = mnist_arrays(0)
+    flagged = tr.original_index[tr.poison].tolist()
+    assert flagged == [0, 1, 2, 16, 17, 18]        # batches of 16, 16, 8: 1 warped + 2 noise, twice; none in the last
+    labels = dict(zip(tr.original_index.tolist(), tr.label.tolist()))
+    assert labels[0] == labels[16] == 0               # warped: the target
+    assert [labels[i] for i in (1, 2, 17, 18)] == [int(ytr[i]) for i in (1, 2, 17, 18)]   # noise: their own
+    info = load_settings_file(folder / "info.pickle")
+    assert info["attack"] == "wanet" and (info["k"], info["s"], info["cross_ratio"]) == (4, 0.5, 2.0)

@@ -95,7 +95,7 @@ def test_overwrite_swaps_the_record_in_whole_and_moves_old_defense_results_aside
 
 
 def test_failed_overwrite_leaves_the_old_record_untouched(capsys, tmp_path, monkeypatch):
-    from burn_plugin.bench import attacks
+    from burn_plugin.bench.attacks import run as attacks
 
     make_mnist_layout(tmp_path / "data" / "mnist", n_train=60, n_test=20, seed=1)
     out = tmp_path / "record" / "r"

@@ -1,19 +1,4 @@
-"""Standalone poisoning attacks that write complete BackdoorBench record folders.
-
-``BadNets`` (patch) and ``Blended``, all-to-one or all-to-all, on any dataset the plugin can load.
-Poison indices are drawn as BackdoorBench draws them (interface.md 2.4): ``round(pratio * N)``
-indices uniformly from all classes with ``numpy``'s ``choice(..., replace=False)`` after seeding;
-test: every non-target-class sample (all-to-one) or every sample (all-to-all). The record folder
-holds ``attack_result.pt``, ``info.pickle``, ``attack_df.csv``, ``attack_df_summary.csv``,
-``train_poison_index_list.pickle`` and the poisoned PNGs in ``bd_train_dataset/`` and
-``bd_test_dataset/``, all as a BackdoorBench attack writes them.
-
-Triggers (no BackdoorBench resources are needed):
-- BadNets: BackdoorBench's default trigger, a 3x3 white square in the bottom-right corner, applied as
-  ``img * (trigger == 0) + trigger * (trigger > 0)``.
-- Blended: ``(1 - alpha) * img + alpha * pattern`` truncated to uint8, alpha 0.2; the pattern is an
-  image file (e.g. BackdoorBench's ``hello_kitty.jpeg``) or, by default, seeded uniform noise.
-"""
+"""Running an attack: poison, train, write a complete BackdoorBench record folder, swap it in whole."""
 from __future__ import annotations
 
 import contextlib
@@ -22,123 +7,24 @@ import logging
 import os
 import shutil
 import time
-from datetime import datetime
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from ..core.tensors import PixelSpaceModel
-from ..core.train import train_epochs
-from ..errors import ConfigError, EmptySelectionError, OutputExistsError, UnknownNameError
-from ..fileio import save_csv, save_json, save_torch
-from . import datasets as D
-from .metrics import as_metric_row, evaluate, summarize
-from .models import build_model
-from .records import SplitTensors, make_state, save_record, write_poisoned_split
+from ...core.tensors import PixelSpaceModel
+from ...core.train import train_epochs
+from ...errors import ConfigError, OutputExistsError
+from ...fileio import save_csv, save_json, save_torch
+from .. import datasets as D
+from ..metrics import as_metric_row, evaluate, summarize
+from ..models import build_model
+from ..records import SplitTensors, make_state, save_record, write_poisoned_split
+from .base import _subset, bd_label_fn, get_attack
 
 log = logging.getLogger("burn.attack")
-
-_ATTACKS: dict[str, Callable] = {}
-
-
-def register_attack(name: str):
-    def deco(cls):
-        _ATTACKS[name] = cls
-        return cls
-    return deco
-
-
-def list_attacks() -> list[str]:
-    return sorted(_ATTACKS)
-
-
-def get_attack(name: str, **kwargs):
-    try:
-        return _ATTACKS[name](**kwargs)
-    except KeyError:
-        raise UnknownNameError(f"unknown attack {name!r}; choose one of: {', '.join(list_attacks())}") from None
-
-
-@register_attack("badnet")
-class BadNets:
-    """BadNets patch trigger: a ``size`` x ``size`` white square ``margin`` px from the bottom-right."""
-
-    def __init__(self, size: int = 3, margin: int = 0, trigger_image: str | None = None, **_):
-        self.size, self.margin, self.trigger_image = size, margin, trigger_image
-
-    def trigger(self, h: int, w: int, c: int) -> np.ndarray:
-        if self.trigger_image:
-            return _load_image(self.trigger_image, h, w, c)
-        t = np.zeros((h, w, c) if c > 1 else (h, w), dtype=np.uint8)
-        t[h - self.margin - self.size: h - self.margin, w - self.margin - self.size: w - self.margin] = 255
-        return t
-
-    def apply(self, img: np.ndarray) -> np.ndarray:
-        t = self.trigger(img.shape[0], img.shape[1], img.shape[2] if img.ndim == 3 else 1)
-        out = img.astype(np.int64) * (t == 0) + t.astype(np.int64) * (t > 0)
-        return np.clip(out, 0, 255).astype(np.uint8)
-
-
-@register_attack("blended")
-class Blended:
-    """Blended trigger: ``(1 - alpha) * img + alpha * pattern`` (alpha 0.2 as BackdoorBench)."""
-
-    def __init__(self, alpha: float = 0.2, trigger_image: str | None = None, pattern_seed: int = 12345, **_):
-        if not 0 < alpha <= 1:
-            raise ConfigError(f"blend alpha must be in (0, 1], got {alpha}")
-        self.alpha, self.trigger_image, self.pattern_seed = alpha, trigger_image, pattern_seed
-
-    def trigger(self, h: int, w: int, c: int) -> np.ndarray:
-        if self.trigger_image:
-            return _load_image(self.trigger_image, h, w, c)
-        rng = np.random.RandomState(self.pattern_seed)
-        return rng.randint(0, 256, size=(h, w, c) if c > 1 else (h, w)).astype(np.uint8)
-
-    def apply(self, img: np.ndarray) -> np.ndarray:
-        t = self.trigger(img.shape[0], img.shape[1], img.shape[2] if img.ndim == 3 else 1).astype(np.float64)
-        out = (1 - self.alpha) * img.astype(np.float64) + self.alpha * t
-        return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def _load_image(path: str, h: int, w: int, c: int) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB" if c == 3 else "L").resize((w, h))
-        return np.asarray(im, dtype=np.uint8)
-
-
-def poison_indices(labels: np.ndarray, pratio: float, seed: int, *, clean_label_target: int | None = None) -> np.ndarray:
-    """Indices of training samples to poison (BackdoorBench's rule; see module docstring)."""
-    n = round(pratio * len(labels))
-    pool = np.arange(len(labels)) if clean_label_target is None else np.flatnonzero(labels == clean_label_target)
-    if n <= 0:
-        raise EmptySelectionError(f"pratio {pratio} of {len(labels)} samples is {n} samples; raise --pratio")
-    if n > len(pool):
-        raise ConfigError(f"pratio {pratio} asks for {n} samples but only {len(pool)} can be poisoned")
-    rng = np.random.RandomState(seed)
-    return np.sort(rng.choice(pool, n, replace=False))
-
-
-def _subset(n: int, k: int | None, seed: int, what: str) -> np.ndarray:
-    """All of ``range(n)``, or ``k`` of them drawn with ``seed`` (sorted); kept in the record as
-    BackdoorBench keeps subsets, in ``original_index_array``."""
-    if k is None or k >= n:
-        return np.arange(n)
-    if k <= 0:
-        raise ConfigError(f"--{what} must be a positive number of samples, got {k}")
-    return np.sort(np.random.RandomState(seed).choice(n, k, replace=False))
-
-
-def bd_label_fn(label_trans: str, target: int, num_classes: int) -> Callable[[int], int]:
-    if label_trans == "all2one":
-        return lambda y: int(target)
-    if label_trans == "all2all":
-        return lambda y: int((y + 1) % num_classes)
-    raise ConfigError(f"unknown --attack_label_trans {label_trans!r}; use all2one or all2all")
 
 
 @dataclass
@@ -170,6 +56,58 @@ class AttackSettings:
     def default_epochs(self) -> int:
         # BackdoorBench's prototype epochs; Fashion-MNIST/mnist (not in BackdoorBench) get 5 for CPU work
         return {"fashionmnist": 5, "mnist": 5, "gtsrb": 50, "tiny": 200}.get(self.dataset, 100)
+
+
+@dataclass
+class AttackContext:
+    """What an attack's ``prepare`` gets: the settings, the raw splits, which samples are poisoned, and
+    a clean-trained model of the record's architecture (trained once with the attack's seed and epochs,
+    kept in ``cache_dir`` beside the record, reused by every attack on the same data)."""
+
+    settings: AttackSettings
+    spec: object
+    raw_train: object
+    raw_test: object
+    train_index: np.ndarray      # training samples to poison (indices into raw_train)
+    test_index: np.ndarray       # test samples to poison
+    visible: np.ndarray          # training samples the model is trained on
+    epochs: int
+    cache_dir: Path
+    progress: bool = True
+
+    def images(self, split: str, indices) -> torch.Tensor:
+        """Clean images of ``split`` (``train``/``test``) as one uint8 ``(N, 3, H, W)`` tensor."""
+        return D.to_uint8_tensor(self.raw_train if split == "train" else self.raw_test, self.spec, indices)
+
+    def clean_model_key(self) -> str:
+        """What the clean helper model depends on: dataset, model, seed, training settings and samples."""
+        from ...core.burn import state_hash
+
+        s = self.settings
+        return state_hash(torch.from_numpy(np.asarray(self.visible, dtype=np.int64)),
+                          extra=repr((self.spec.name, s.model, s.random_seed, self.epochs, s.batch_size, s.lr,
+                                      s.sgd_momentum, s.wd)))
+
+    def clean_model(self) -> torch.nn.Module:
+        """The record's architecture trained on the clean visible training set (pixel-space input, eval
+        mode, CPU); cached by :meth:`clean_model_key`."""
+        s = self.settings
+        f = self.cache_dir / f"clean_{self.spec.name}_{s.model}_{self.clean_model_key()}.pt"
+        net = build_model(s.model, self.spec.num_classes)
+        model = PixelSpaceModel(net, self.spec.mean3, self.spec.std3)
+        if f.is_file():
+            from ...fileio import torch_load
+
+            try:
+                net.load_state_dict(torch_load(f, what="clean helper model"))
+                log.info("clean helper model loaded from %s", f)
+                return model.eval()
+            except Exception:  # noqa: BLE001 - a broken cache entry is retrained
+                pass
+        clean = _split_tensors(self.spec, self.raw_train, {}, {}, self.visible)
+        model, _ = _train(s, self.spec, clean, None, None, self.epochs, self.progress, "clean helper model")
+        save_torch(model.model.state_dict(), f)
+        return model.eval()
 
 
 def _split_tensors(spec, raw, images: dict[int, np.ndarray], bd_labels: dict, indices: np.ndarray) -> SplitTensors:
@@ -207,7 +145,8 @@ def run_attack(settings: AttackSettings, out_folder: Path, *, overwrite: bool = 
                                 f"replace it or choose another --out")
     spec = D.get_spec(settings.dataset)
     build_model(settings.model, spec.num_classes)  # unknown model names fail before any work
-    attack = get_attack(settings.attack, alpha=settings.blend_alpha, trigger_image=settings.trigger_image)
+    attack = get_attack(settings.attack, alpha=settings.blend_alpha, trigger_image=settings.trigger_image,
+                        **settings.extra)
     if not 0 <= settings.attack_target < spec.num_classes:
         raise ConfigError(f"--attack_target {settings.attack_target} is not a class of {spec.name} "
                           f"(0..{spec.num_classes - 1})")
@@ -220,23 +159,28 @@ def run_attack(settings: AttackSettings, out_folder: Path, *, overwrite: bool = 
     train_targets = np.asarray(raw_train.targets, dtype=np.int64)
     test_targets = np.asarray(raw_test.targets, dtype=np.int64)
     visible = _subset(len(train_targets), settings.train_subset, settings.random_seed + 1, "train_subset")
-    train_idx = visible[poison_indices(train_targets[visible], settings.pratio, settings.random_seed)]
+    train_idx = attack.train_indices(visible, train_targets[visible], settings)
     if settings.attack_label_trans == "all2one":
         test_idx = np.flatnonzero(test_targets != settings.attack_target)
     else:
         test_idx = np.arange(len(test_targets))
     test_idx = test_idx[_subset(len(test_idx), settings.test_subset, settings.random_seed + 2, "test_subset")]
 
-    def poison(raw, idx):
+    ctx = AttackContext(settings, spec, raw_train, raw_test, train_idx, test_idx, visible, epochs,
+                        final_folder.parent / ".attack_cache", progress)
+    attack.prepare(ctx)
+
+    def poison(raw, idx, split):
         imgs, bd, orig = {}, {}, {}
-        for i in tqdm(idx, desc="poisoning", leave=False, disable=not progress):
+        for i in tqdm(idx, desc=f"poisoning {split}", leave=False, disable=not progress):
             img, y = raw[int(i)]
             arr = np.asarray(img.resize((spec.width, spec.height)) if img.size != (spec.width, spec.height) else img)
-            imgs[int(i)], bd[int(i)], orig[int(i)] = attack.apply(arr), to_bd(int(y)), int(y)
+            label = attack.train_label(int(i), int(y), to_bd(int(y))) if split == "train" else to_bd(int(y))
+            imgs[int(i)], bd[int(i)], orig[int(i)] = attack.apply(arr, index=int(i), split=split), label, int(y)
         return imgs, bd, orig
 
-    tr_imgs, tr_bd, tr_orig = poison(raw_train, train_idx)
-    te_imgs, te_bd, te_orig = poison(raw_test, test_idx)
+    tr_imgs, tr_bd, tr_orig = poison(raw_train, train_idx, "train")
+    te_imgs, te_bd, te_orig = poison(raw_test, test_idx, "test")
     # the whole record is built in a staging folder beside the target and swapped in when complete,
     # so a killed run never leaves a record whose parts come from two attacks
     name = final_folder.name   # the record's own paths say ./record/<name>, wherever it is built
@@ -266,7 +210,8 @@ def run_attack(settings: AttackSettings, out_folder: Path, *, overwrite: bool = 
         df = pd.DataFrame([as_metric_row(h) for h in history])
         save_record(out_folder, model_name=settings.model, num_classes=spec.num_classes,
                     state_dict=model.model.state_dict(), dataset=spec.name, bd_train=bd_train_state, bd_test=bd_test_state)
-        info = {k: v for k, v in asdict(settings).items() if k != "extra"} | settings.extra
+        info = {k: v for k, v in asdict(settings).items() if k != "extra"} | settings.extra | attack.params()
+        info["attack"] = attack.info_name or settings.attack   # BackdoorBench's own name (label_consistent, ...)
         info.update(epochs=epochs, save_path=f"./record/{name}", num_classes=spec.num_classes,
                     img_size=spec.img_size, input_height=spec.height, input_width=spec.width, input_channel=spec.channels,
                     dataset_path=f"./data/{spec.name}")
@@ -278,12 +223,12 @@ def run_attack(settings: AttackSettings, out_folder: Path, *, overwrite: bool = 
         final = dict(history[-1])
         final["train_seconds"] = train_seconds
         if clean_reference:
-            clean_train = _split_tensors(spec, raw_train, {}, {}, visible)
-            _, clean_hist = _train(settings, spec, clean_train, clean_test, bd_test, epochs, progress, "clean reference")
-            final["clean_reference_test_acc"] = clean_hist[-1]["test_acc"]
-            final["clean_reference_test_asr"] = clean_hist[-1]["test_asr"]
-            save_json({"clean_model_test_acc": clean_hist[-1]["test_acc"],
-                       "clean_model_test_asr": clean_hist[-1]["test_asr"],
+            clean_model = ctx.clean_model()
+            clean_m = evaluate(clean_model, clean_test, bd_test, batch_size=256, device=settings.device)
+            final["clean_reference_test_acc"] = clean_m["test_acc"]
+            final["clean_reference_test_asr"] = clean_m["test_asr"]
+            save_json({"clean_model_test_acc": clean_m["test_acc"],
+                       "clean_model_test_asr": clean_m["test_asr"],
                        "attacked_model_test_acc": final["test_acc"], "epochs": epochs, "model": settings.model},
                       out_folder / "clean_reference.json")
     kept = swap_in(out_folder, final_folder)
@@ -341,6 +286,7 @@ def swap_in(stage: Path, final: Path) -> Path | None:
 
 
 def _train(settings: AttackSettings, spec, train: SplitTensors, clean_test, bd_test, epochs, progress, desc):
+    """Train the record's architecture on ``train``; ``bd_test=None`` skips the test metrics."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(settings.random_seed)
@@ -356,7 +302,7 @@ def _train(settings: AttackSettings, spec, train: SplitTensors, clean_test, bd_t
 
     def on_epoch(rec):
         preds = rec.pop("preds")
-        if settings.eval_every_epoch or rec["epoch"] == epochs - 1:
+        if bd_test is not None and (settings.eval_every_epoch or rec["epoch"] == epochs - 1):
             m = evaluate(model, clean_test, bd_test, batch_size=256, device=settings.device)
         else:
             m = dict.fromkeys(("clean_test_loss_avg_over_batch", "bd_test_loss_avg_over_batch", "test_acc",
