@@ -1,18 +1,23 @@
 """Standalone poisoning attacks that write complete BackdoorBench record folders.
 
-``BadNets`` (patch) and ``Blended``, all-to-one or all-to-all, on any dataset the plugin can load.
-Poison indices are drawn as BackdoorBench draws them (interface.md 2.4): ``round(pratio * N)``
-indices uniformly from all classes with ``numpy``'s ``choice(..., replace=False)`` after seeding;
-test: every non-target-class sample (all-to-one) or every sample (all-to-all). The record folder
-holds ``attack_result.pt``, ``info.pickle``, ``attack_df.csv``, ``attack_df_summary.csv``,
-``train_poison_index_list.pickle`` and the poisoned PNGs in ``bd_train_dataset/`` and
-``bd_test_dataset/``, all as a BackdoorBench attack writes them.
+One module per attack, each registered under BackdoorBench's attack name (``list_attacks()``):
 
-Triggers (no BackdoorBench resources are needed):
-- BadNets: BackdoorBench's default trigger, a 3x3 white square in the bottom-right corner, applied as
-  ``img * (trigger == 0) + trigger * (trigger > 0)``.
-- Blended: ``(1 - alpha) * img + alpha * pattern`` truncated to uint8, alpha 0.2; the pattern is an
-  image file (e.g. BackdoorBench's ``hello_kitty.jpeg``) or, by default, seeded uniform noise.
+- ``badnet`` (patch), ``blended``: dirty-label, all-to-one or all-to-all;
+- ``sig`` (sinusoidal signal) and ``lc`` (label-consistent: PGD-hardened images + corner trigger):
+  clean-label, only target-class training samples are poisoned and keep their labels;
+- ``lf`` (low-frequency universal perturbation): dirty-label, its pattern made here from a
+  clean-trained model;
+- ``wanet`` (image warp, with noise-warped samples that keep their labels).
+
+``base.py`` holds the registry, the :class:`Attack` interface and BackdoorBench's poison-index rule
+(interface.md 2.4): ``round(pratio * N)`` indices with ``numpy``'s ``choice(..., replace=False)`` after
+seeding, from all classes, or from the target class for clean-label attacks (pratio stays a share of
+the whole training set, as in BackdoorBench); test: every non-target-class sample (all-to-one) or every
+sample (all-to-all). ``run.py`` poisons, trains and writes the record folder (``attack_result.pt``,
+``info.pickle``, ``attack_df.csv``, ``attack_df_summary.csv``, ``train_poison_index_list.pickle``, the
+poisoned PNGs), building it in a staging folder and swapping it in whole. Attacks that need a model
+trained on clean data (``lf``, ``lc``) get it from :class:`AttackContext` (seeded, cached in
+``.attack_cache`` beside the record and reused). A new attack is one module here, imported below.
 """
 from __future__ import annotations
 
