@@ -195,3 +195,17 @@ def attack_record(tmp_path_factory):
     folder = root / "record" / "badnet_attack"
     final = run_attack(settings, folder, progress=False)
     return {"root": root, "folder": folder, "settings": settings, "final": final}
+
+
+@pytest.fixture(scope="session")
+def trained_record(tmp_path_factory):
+    """A real record made by ``run_attack`` (BadNets on synthetic mnist, 200 training images, 1 epoch):
+    enough samples for BURN's percentages to select something."""
+    from burn_plugin.bench.attacks import AttackSettings, run_attack
+
+    root = tmp_path_factory.mktemp("trainedbb")
+    make_mnist_layout(root / "data" / "mnist", n_train=200, n_test=40, seed=0)
+    folder = root / "record" / "badnet_small"
+    run_attack(AttackSettings(dataset="mnist", model="smallresnet", epochs=1, batch_size=32,
+                              dataset_path=str(root / "data")), folder, progress=False)
+    return folder

@@ -140,23 +140,10 @@ def test_poison_flags_are_not_an_input():
     assert set(BurnData.__dataclass_fields__) == {"x", "y", "mean", "std", "hflip"}
 
 
-@pytest.fixture(scope="module")
-def tiny_record(tmp_path_factory):
-    from burn_plugin.bench.attacks import AttackSettings, run_attack
-    from synthetic import make_mnist_layout
-
-    root = tmp_path_factory.mktemp("killbb")
-    make_mnist_layout(root / "data" / "mnist", n_train=200, n_test=40, seed=0)
-    folder = root / "record" / "badnet_kill"
-    run_attack(AttackSettings(dataset="mnist", model="smallresnet", epochs=1, batch_size=32,
-                              dataset_path=str(root / "data")), folder, progress=False)
-    return folder
-
-
 @pytest.mark.skipif(os.name != "posix", reason="uses SIGKILL")
-def test_killed_cli_run_resumes_to_the_same_result(tiny_record, tmp_path):
+def test_killed_cli_run_resumes_to_the_same_result(trained_record, tmp_path):
     """Kill a real `burn defend` process after its first round checkpoint; --resume finishes it."""
-    args = [sys.executable, "-m", "burn_plugin", "-q", "defend", "--attack_folder", str(tiny_record),
+    args = [sys.executable, "-m", "burn_plugin", "-q", "defend", "--attack_folder", str(trained_record),
             "--rounds", "3", "--epochs", "3", "--k_p0", "2", "--k_pT", "4", "--k_c0", "10", "--k_cT", "20",
             "--max_iter", "5", "--lr", "0.001"]
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"

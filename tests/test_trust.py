@@ -28,25 +28,12 @@ import torch
 
 from burn_plugin.cli import main
 from conftest import small_state_dict
+from test_cli_errors import assert_one_error_line, run
 from synthetic import make_mnist_layout
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--rounds", "1", "--epochs", "1", "--k_p0", "5", "--k_pT", "5", "--k_c0", "10", "--k_cT", "10",
         "--max_iter", "3", "--lr", "0.001", "--device", "cpu"]
-
-
-def run(capsys, *argv):
-    rc = main(["-q", *map(str, argv)])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line(rc, err, *needles, code=2):
-    assert rc == code, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 def digest(folder: Path) -> dict:
@@ -55,17 +42,9 @@ def digest(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def record(tmp_path_factory):
-    """A real record (BadNets on synthetic mnist, 200 training images, 1 epoch)."""
-    from burn_plugin.bench.attacks import AttackSettings, run_attack
-
-    root = tmp_path_factory.mktemp("trustbb")
-    make_mnist_layout(root / "data" / "mnist", n_train=200, n_test=40, seed=0)
-    folder = root / "record" / "badnet_trust"
-    run_attack(AttackSettings(dataset="mnist", model="smallresnet", epochs=1, batch_size=32,
-                              dataset_path=str(root / "data")), folder, progress=False)
-    return folder
+@pytest.fixture
+def record(trained_record):
+    return trained_record
 
 
 # ------------------------------------------------------------------------------------------------
@@ -146,7 +125,7 @@ def test_attack_into_a_non_empty_folder_needs_overwrite(capsys, tmp_path):
     out.mkdir(parents=True)
     (out / "notes.txt").write_text("mine")
     rc, _, err = run(capsys, *attack_args(tmp_path, out))
-    one_line(rc, err, "not empty", "--overwrite")
+    assert_one_error_line(rc, err, "not empty", "--overwrite")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
@@ -161,13 +140,13 @@ def test_resume_refuses_other_settings_and_never_replaces_a_finished_result(caps
     changed[changed.index("--rounds") + 1] = "2"
     changed[changed.index("--lr") + 1] = "0.01"
     rc, _, err = run(capsys, "defend", "--attack_folder", record, *changed)
-    one_line(rc, err, "already holds a finished burn result", "--overwrite")
+    assert_one_error_line(rc, err, "already holds a finished burn result", "--overwrite")
     assert digest(out) == finished
     # an unfinished run (no defense_result.pt) with other settings: the checkpoint says so
     (out / "defense_result.pt").unlink()
     unfinished = digest(out)
     rc, _, err = run(capsys, "defend", "--attack_folder", record, *changed)
-    one_line(rc, err, "other settings", "lr 0.001 -> 0.01", "rounds 1 -> 2", "--overwrite")
+    assert_one_error_line(rc, err, "other settings", "lr 0.001 -> 0.01", "rounds 1 -> 2", "--overwrite")
     assert digest(out) == unfinished
     assert json.loads((out / "run.json").read_text())["config"]["rounds"] == 1
     # the same settings resume (and finish) it
@@ -185,7 +164,7 @@ def test_resume_refuses_a_checkpoint_of_another_record(capsys, record, tmp_path)
     state = ck.load()
     ck.save(dict(state, run_key="0" * 20))   # as if made from other weights or data
     rc, _, err = run(capsys, "defend", "--attack_folder", record, *FAST, "--output_dir", out, "--resume")
-    one_line(rc, err, "another model or training set")
+    assert_one_error_line(rc, err, "another model or training set")
 
 
 class Planted:
@@ -211,7 +190,7 @@ def test_resume_with_a_broken_checkpoint_is_one_line_before_any_work(capsys, rec
     cached = sorted(cache.glob("*")) if cache.is_dir() else []
     logs = sorted((out / "log").glob("*"))
     rc, _, err = run(capsys, "defend", "--attack_folder", record, *FAST, "--output_dir", out, "--resume")
-    one_line(rc, err, str(last), "--overwrite")
+    assert_one_error_line(rc, err, str(last), "--overwrite")
     assert "weights_only" not in err and not marker.exists()
     assert sorted((out / "log").glob("*")) == logs   # stopped before the run began: not even a log file
     assert (sorted(cache.glob("*")) if cache.is_dir() else []) == cached
@@ -229,7 +208,7 @@ def test_a_record_that_cannot_be_written_runs_with_a_writable_output_dir(capsys,
     assert rc == 0, err
     assert (out / "defense_result.pt").is_file() and list((out / ".burn_cache").glob("boundary_*.pt"))
     rc, _, err = run(capsys, "defend", "--attack_folder", ro, *FAST, "--dataset_path", record.parent.parent / "data")
-    one_line(rc, err, "cannot write results", "--output_dir", code=1)
+    assert_one_error_line(rc, err, "cannot write results", "--output_dir", code=1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -265,19 +244,19 @@ def test_a_file_given_as_the_record_folder(capsys, record, tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("x")
     rc, _, err = run(capsys, "defend", "--attack_folder", f)
-    one_line(rc, err, "is a file, not a folder")
+    assert_one_error_line(rc, err, "is a file, not a folder")
     rc, _, err = run(capsys, "info", f)
-    one_line(rc, err, "not a folder")
+    assert_one_error_line(rc, err, "not a folder")
 
 
 def test_info_rejects_what_defend_rejects(capsys, hand_record):
     obj = dict(hand_record.obj, model=small_state_dict(5))   # 5-class weights in a 10-class record
     torch.save(obj, hand_record.pt)
     rc, _, err = run(capsys, "info", hand_record.folder)
-    one_line(rc, err, "class-count")
+    assert_one_error_line(rc, err, "class-count")
     torch.save(dict(hand_record.obj, model_name="nope"), hand_record.pt)
     rc, _, err = run(capsys, "info", hand_record.folder)
-    one_line(rc, err, "nope")
+    assert_one_error_line(rc, err, "nope")
 
 
 def test_info_refuses_a_code_carrying_plain_pickle(capsys, hand_record, tmp_path):
@@ -285,7 +264,7 @@ def test_info_refuses_a_code_carrying_plain_pickle(capsys, hand_record, tmp_path
     with open(hand_record.folder / "info.pickle", "wb") as fh:
         pickle.dump({"attack": "badnet", "evil": Planted(marker)}, fh)
     rc, _, err = run(capsys, "info", hand_record.folder)
-    one_line(rc, err, "info.pickle", "--trust-record")
+    assert_one_error_line(rc, err, "info.pickle", "--trust-record")
     assert not marker.exists()
 
 
@@ -312,4 +291,4 @@ def test_a_closed_stdout_pipe_in_a_real_process(hand_record):
 def test_benchmarks_without_a_record_name_the_command_that_makes_one(script):
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{script}.py")], capture_output=True, text=True,
                        timeout=120)
-    one_line(p.returncode, p.stderr, "burn attack", "--record")
+    assert_one_error_line(p.returncode, p.stderr, "burn attack", "--record")
