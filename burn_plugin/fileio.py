@@ -19,6 +19,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,7 +53,9 @@ def torch_load(path: str | os.PathLike, *, trusted: bool = False, what: str = "f
             raise CorruptFileError(f"{what} {path} is corrupt or truncated ({type(exc).__name__}: "
                                    f"{_first_line(exc)}); re-create it") from exc
     try:
-        with torch.serialization.safe_globals(numpy_safe_globals()):
+        with torch.serialization.safe_globals(numpy_safe_globals()), warnings.catch_warnings():
+            # a plain (non-zip) pickle makes torch warn about its protocol on the way to our own error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
