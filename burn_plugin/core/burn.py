@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .boundary import BoundaryResult, boundary_distances
 from ..errors import ResumeMismatchError
+from .boundary import BoundaryResult, boundary_distances
 from .config import BurnConfig
 from .scores import (PoisonSelection, boundary_score, composite_score, count_of, linear_schedule,
                      prediction_divergence, select)
