@@ -43,6 +43,7 @@ def parse_args(argv):
                     help="a BurnConfig setting for the analysis and --defend runs (repeatable); default: the paper's")
     ap.add_argument("--defend", action="store_true", help="also run BURN with each detector, and the oracle")
     ap.add_argument("--overwrite", action="store_true", help="with --defend: replace earlier results")
+    ap.add_argument("--no-oracle", action="store_true", help="with --defend: leave out the oracle diagnostic run")
     ap.add_argument("--boundary-variants", type=int, default=0, metavar="N",
                     help="compare box_aware true/false and SuperDeepFool on N stratified training samples")
     ap.add_argument("--sdf-max-iter", type=int, default=12, help="SuperDeepFool's budget in the variants")
@@ -161,9 +162,12 @@ def measure_record(folder, args, cfg, names) -> dict:
         import dataclasses
 
         register_oracle(poison, boundary.distance)
-        out["oracle"] = {"detector": "oracle"}
+        runs = list(out["detectors"])
+        if not args.no_oracle:
+            out["oracle"] = {"detector": "oracle"}
+            runs.append(out["oracle"])
         try:
-            for row in out["detectors"] + [out["oracle"]]:
+            for row in runs:
                 c = dataclasses.replace(cfg, detector=row["detector"])
                 t0 = time.time()
                 summary = defend(rec.folder, config=c, device=args.device, overwrite=args.overwrite, progress=False,
