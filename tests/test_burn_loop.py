@@ -220,3 +220,14 @@ def test_detector_setting_is_checked():
         BurnConfig(detector="nope")
     with pytest.raises(ConfigError, match="distance_model: frozen"):
         BurnConfig(detector="spectral", distance_model="current")
+
+
+def test_per_label_clean_selection_in_the_loop(small_problem):
+    model, data = small_problem
+    res = run_burn(copy.deepcopy(model), data, cfg(clean_selection="per_label", rounds=1), progress=False)
+    clean = res.selections[1].clean
+    share = torch.bincount(data.y[clean], minlength=4).double() / len(clean)
+    expected = torch.bincount(data.y, minlength=4).double() / len(data.y)
+    assert len(clean) == 40 and float((share - expected).abs().max()) <= 1 / 40 + 1e-12   # rounding: one sample
+    with pytest.raises(Exception, match="clean_selection"):
+        BurnConfig(clean_selection="balanced")

@@ -65,3 +65,24 @@ def test_config_rejects_unknown_and_bad_values():
         BurnConfig(w0=1.5)
     cfg = BurnConfig.from_mapping({"rounds": "3", "augment": "false", "adam_betas": [0.8, 0.9]})
     assert (cfg.rounds, cfg.augment, cfg.adam_betas) == (3, False, (0.8, 0.9))
+
+
+def test_per_label_clean_selection_keeps_the_class_mix():
+    from burn_plugin.core.scores import select
+
+    # 3 labels of 40, 40, 20 samples; every label-2 score is below every other, as a per-label detector gives
+    labels = torch.tensor([0] * 40 + [1] * 40 + [2] * 20)
+    score = torch.cat([torch.linspace(0.5, 1.0, 40), torch.linspace(0.4, 0.9, 40), torch.linspace(0.0, 0.1, 20)])
+    poison, clean_global = select(score, 5, 10)
+    assert set(labels[clean_global].tolist()) == {2}                    # the paper's global bottom: one class
+    poison_pl, clean = select(score, 5, 10, labels=labels)
+    assert torch.equal(poison_pl, poison)                               # the poison set is unchanged
+    assert torch.bincount(labels[clean], minlength=3).tolist() == [4, 4, 2]   # 10 in proportion 40:40:20
+    assert not set(clean.tolist()) & set(poison.tolist())
+    for c in range(3):   # within each label: its lowest scores
+        mine = clean[labels[clean] == c]
+        rest = torch.tensor([i for i in range(100) if labels[i] == c and i not in set(clean.tolist())
+                             and i not in set(poison.tolist())])
+        assert float(score[mine].max()) <= float(score[rest].min())
+    _, odd = select(score, 0, 7, labels=labels)                         # 2.8, 2.8, 1.4 -> 3, 3, 1 (largest remainders)
+    assert torch.bincount(labels[odd], minlength=3).tolist() == [3, 3, 1] and len(odd) == 7

@@ -264,7 +264,8 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
                 bd = boundary_score(analyse_boundary(model, data, cfg, device=device).distance)
             pd = prediction_divergence(frozen_out, _outputs(pixel_model, data.x, cfg, device))
             score = composite_score(bd, pd, w)
-            poison_idx, clean_idx = select(score, n_p, n_c)
+            poison_idx, clean_idx = select(score, n_p, n_c,
+                                           labels=data.y if cfg.clean_selection == "per_label" else None)
         timings["scoring_s"] += time.time() - t0
         sel = PoisonSelection(round=t, poison=poison_idx, clean=clean_idx, k_p=kp, k_c=kc, w=w if t else 0.0)
 

@@ -5,6 +5,7 @@
 - ``S(x) = (1 - w_t) BD(x) + w_t PD(x)``         :func:`composite_score`
 - linear schedules ``v_t = v_0 + t/T (v_T - v_0)`` for ``k_p``, ``k_c`` and ``w``   :func:`linear_schedule`
 - top ``k_p^t`` % -> poison set (relabelled), bottom ``k_c^t`` % -> clean set (label kept)  :func:`select`
+  (``clean_selection = "per_label"``: the bottom of each given label, in proportion to its size)
 """
 from __future__ import annotations
 
@@ -61,10 +62,32 @@ class PoisonSelection:
     w: float
 
 
-def select(score: torch.Tensor, n_poison: int, n_clean: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the ``n_poison`` highest and ``n_clean`` lowest scores (disjoint; ties by index)."""
+def select(score: torch.Tensor, n_poison: int, n_clean: int,
+           labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the ``n_poison`` highest and ``n_clean`` lowest scores (disjoint; ties by index).
+
+    With ``labels`` the clean set is drawn per given label, each label's lowest scores in proportion to
+    its size (largest remainders fill the rounding), so that it keeps the class mix of the training
+    set; the poison set is still the global top.
+    """
     n = len(score)
     if n_poison + n_clean > n:
         raise ConfigError(f"k_p + k_c select {n_poison + n_clean} samples but the training set has {n}")
     order = torch.argsort(score, descending=True, stable=True)
-    return order[:n_poison].clone(), order[n - n_clean:].flip(0).clone() if n_clean else order[:0].clone()
+    poison = order[:n_poison].clone()
+    if not n_clean:
+        return poison, order[:0].clone()
+    if labels is None:
+        return poison, order[n - n_clean:].flip(0).clone()
+    rest = order[n_poison:]
+    classes, counts = torch.unique(labels, return_counts=True)
+    quota = counts.double() * n_clean / n
+    take = quota.floor().long()
+    short = n_clean - int(take.sum())
+    if short:
+        take[torch.argsort(quota - take, descending=True, stable=True)[:short]] += 1
+    picked = []
+    for c, k in zip(classes.tolist(), take.tolist()):
+        mine = rest[labels[rest] == c]
+        picked.append(mine[len(mine) - min(k, len(mine)):].flip(0))
+    return poison, torch.cat(picked)
