@@ -181,7 +181,7 @@ class BurnConfig(ConfigBase):
         "channels_last": "channels-last memory format during the run (speed only)",
         "detector": "poison detector whose score stands where the paper uses BD (phase 1's ranking, BD in S): "
                     "boundary (the paper's l/l_max) or a feature-space detector (core/detectors.py)",
-        "clean_selection": "phase 2's clean set: the bottom k_c % of the whole set by S (paper), or of each given "
+        "clean_selection": "phase 2's clean set: the bottom k_c %% of the whole set by S (paper), or of each given "
                            "label in proportion to its size (keeps every class in the fine-tuning set)",
         "pd_output": "f in PD: softmax outputs or logits",
         "random_seed": "seed for shuffling and augmentation",
