@@ -315,8 +315,8 @@ def test_lf_record_end_to_end(tmp_path, monkeypatch):
     s = AttackSettings(attack="lf", dataset="mnist", model="smallresnet", pratio=0.1, epochs=1, batch_size=16,
                        dataset_path=str(tmp_path / "data"), random_seed=2, eval_every_epoch=False)
     run_attack(s, folder, progress=False)
-    (pattern_file,) = (tmp_path / "record" / ".attack_cache").glob("lf_pattern_*.npy")
-    pattern = np.load(pattern_file)
+    (pattern_file,) = (tmp_path / "record" / ".attack_cache").glob("lf_pattern_*.pt")
+    pattern = torch_load(pattern_file)
     assert pattern.dtype == np.uint8 and pattern.shape == (28, 28, 3) and pattern.max() <= 51
     rec = load_record(folder)
     tr = rec.tensors("bd_train")

@@ -76,22 +76,14 @@ class LabelConsistent(Attack):
         """Hard versions of the training images to be poisoned (cached beside the record)."""
         idx = np.asarray(ctx.train_index, dtype=np.int64)
         key = f"{ctx.clean_model_key()}_{len(idx)}_{int(idx.sum())}_{self.lc_eps:.6f}_{self.lc_step:.6f}_{self.lc_steps}"
-        f = ctx.cache_dir / f"lc_hard_{key}.pt"
-        from ...fileio import save_torch, torch_load
 
-        hard = None
-        if f.is_file():
-            try:
-                hard = torch_load(f, what="label-consistent cache")
-            except Exception:  # noqa: BLE001 - recomputed
-                hard = None
-        if hard is None:
-            model = ctx.clean_model()
+        def make() -> torch.Tensor:
             x = ctx.images("train", idx)
             y = torch.as_tensor(np.asarray(ctx.raw_train.targets)[idx], dtype=torch.long)
-            hard = pgd_hard_images(model, x, y, eps=self.lc_eps, step=self.lc_step, steps=self.lc_steps,
+            return pgd_hard_images(ctx.clean_model(), x, y, eps=self.lc_eps, step=self.lc_step, steps=self.lc_steps,
                                    tie_channels=ctx.spec.channels == 1)
-            save_torch(hard, f)
+
+        hard = ctx.cached(f"lc_hard_{key}.pt", make)
         self.hard = {int(i): hard[j] for j, i in enumerate(idx)}
 
     def apply(self, img: np.ndarray, *, index: int | None = None, split: str = "train") -> np.ndarray:

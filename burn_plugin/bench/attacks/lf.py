@@ -83,15 +83,8 @@ class LowFrequency(Attack):
                                   f"{t.dtype}")
             self.pattern = t
             return
-        f = ctx.cache_dir / f"lf_pattern_{ctx.clean_model_key()}_t{ctx.settings.attack_target}.npy"
-        if f.is_file():
-            self.pattern = np.load(f)
-            return
-        self.pattern = make_pattern(ctx)
-        f.parent.mkdir(parents=True, exist_ok=True)
-        from ...fileio import atomic_write
-
-        atomic_write(f, lambda p: np.save(open(p, "wb"), self.pattern))
+        self.pattern = ctx.cached(f"lf_pattern_{ctx.clean_model_key()}_t{ctx.settings.attack_target}.pt",
+                                  lambda: make_pattern(ctx))
 
     def apply(self, img: np.ndarray, **_) -> np.ndarray:
         t = self.pattern

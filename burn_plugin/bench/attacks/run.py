@@ -88,26 +88,37 @@ class AttackContext:
                           extra=repr((self.spec.name, s.model, s.random_seed, self.epochs, s.batch_size, s.lr,
                                       s.sgd_momentum, s.wd)))
 
+    def cached(self, name: str, make):
+        """``make()``'s result (tensors, numpy arrays, plain data), kept as ``cache_dir/name`` and reused
+        by later attacks; an entry that cannot be read safely is made again."""
+        from ...errors import BurnError
+        from ...fileio import torch_load
+
+        f = self.cache_dir / name
+        if f.is_file():
+            try:
+                obj = torch_load(f, what="attack cache entry")
+                log.info("reused %s", f)
+                return obj
+            except BurnError:
+                pass
+        obj = make()
+        save_torch(obj, f)
+        return obj
+
     def clean_model(self) -> torch.nn.Module:
         """The record's architecture trained on the clean visible training set (pixel-space input, eval
         mode, CPU); cached by :meth:`clean_model_key`."""
         s = self.settings
-        f = self.cache_dir / f"clean_{self.spec.name}_{s.model}_{self.clean_model_key()}.pt"
-        net = build_model(s.model, self.spec.num_classes)
-        model = PixelSpaceModel(net, self.spec.mean3, self.spec.std3)
-        if f.is_file():
-            from ...fileio import torch_load
 
-            try:
-                net.load_state_dict(torch_load(f, what="clean helper model"))
-                log.info("clean helper model loaded from %s", f)
-                return model.eval()
-            except Exception:  # noqa: BLE001 - a broken cache entry is retrained
-                pass
-        clean = _split_tensors(self.spec, self.raw_train, {}, {}, self.visible)
-        model, _ = _train(s, self.spec, clean, None, None, self.epochs, self.progress, "clean helper model")
-        save_torch(model.model.state_dict(), f)
-        return model.eval()
+        def train() -> dict:
+            clean = _split_tensors(self.spec, self.raw_train, {}, {}, self.visible)
+            model, _ = _train(s, self.spec, clean, None, None, self.epochs, self.progress, "clean helper model")
+            return model.model.state_dict()
+
+        net = build_model(s.model, self.spec.num_classes)
+        net.load_state_dict(self.cached(f"clean_{self.spec.name}_{s.model}_{self.clean_model_key()}.pt", train))
+        return PixelSpaceModel(net, self.spec.mean3, self.spec.std3).eval()
 
 
 def _split_tensors(spec, raw, images: dict[int, np.ndarray], bd_labels: dict, indices: np.ndarray) -> SplitTensors:
