@@ -365,3 +365,63 @@ def test_wanet_record_flags_warped_and_noise_samples(tmp_path):
     assert [labels[i] for i in (1, 2, 17, 18)] == [int(ytr[i]) for i in (1, 2, 17, 18)]   # noise: their own
     info = load_settings_file(folder / "info.pickle")
     assert info["attack"] == "wanet" and (info["k"], info["s"], info["cross_ratio"]) == (4, 0.5, 2.0)
+
+
+def test_trojannn_neurons_mask_and_trigger_search():
+    from burn_plugin.bench.attacks.trojannn import most_connected_neurons, optimise_trigger, square_mask
+
+    w = torch.tensor([[0.1, -3.0, 0.0, 1.0], [0.2, 0.5, -0.1, -1.5]])    # |W| column sums 0.3, 3.5, 0.1, 2.5
+    assert most_connected_neurons(w, 2).tolist() == [1, 3]
+    m = square_mask(28, 28, 0.25)
+    assert m.sum() == 7 * 7 and (m[-7:, -7:] == 1).all() and m[:21].sum() == 0
+    assert square_mask(32, 32, 0.25)[-8:, -8:].sum() == 64
+
+    # a model whose "features" are two pixel sums: the search can drive them, but only inside the mask
+    class Sum(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(2, 3)
+
+        def forward(self, x):
+            f = torch.stack([x[:, :, :4].sum((1, 2, 3)), x[:, :, 4:].sum((1, 2, 3))], dim=1)
+            return self.fc(f)
+
+    model = Sum()
+    start = torch.zeros(1, 3, 8, 8)
+    start[:, :, 6:, 6:] = 0.5                                  # mask: the bottom-right 2x2 (12 values)
+    trig, costs = optimise_trigger(model, model.fc, start, torch.tensor([1]), 100.0, iters=20, tie_channels=True)
+    assert (trig[:, :, :6] == 0).all() and (trig[:, :, :, :6] == 0).all()   # no change outside the mask
+    assert (trig[:, :, 6:, 6:] == 0.8).all()                    # pushed up to the eps ball (0.5 + 0.3)
+    assert costs[0] == pytest.approx((100 - 6.0) ** 2) and costs[-1] == pytest.approx((100 - 12 * 0.8) ** 2, rel=1e-5)
+    assert all(b <= a for a, b in zip(costs, costs[1:]))        # the cost never rises
+
+    tj = get_attack("trojannn")
+    assert (tj.num_neuron, tj.neuron_target_values, tj.mask_update_iters) == (2, 100.0, 1000) and not tj.clean_label
+    tj.trigger = np.zeros((4, 4, 3), np.uint8)
+    tj.trigger[2:, 2:] = 200
+    out = tj.apply(np.full((4, 4), 100, np.uint8))
+    assert out.dtype == np.uint8 and (out[2:, 2:] == 255).all() and (out[:2] == 100).all()   # clipped, not wrapped
+
+
+def test_trojannn_record_end_to_end(tmp_path):
+    make_mnist_layout(tmp_path / "data" / "mnist", n_train=N_TRAIN, n_test=N_TEST, seed=0)
+    folder = tmp_path / "record" / "trojannn"
+    s = AttackSettings(attack="trojannn", dataset="mnist", model="smallresnet", pratio=0.1, epochs=1, batch_size=16,
+                       dataset_path=str(tmp_path / "data"), random_seed=2, eval_every_epoch=False,
+                       extra={"mask_update_iters": 5})
+    run_attack(s, folder, progress=False)
+    (trig_file,) = (tmp_path / "record" / ".attack_cache").glob("trojannn_trigger_*.pt")
+    trig = torch_load(trig_file)
+    assert trig.dtype == np.uint8 and trig.shape == (28, 28, 3)
+    assert (trig[:21] == 0).all() and (trig[:, :21] == 0).all() and trig[21:, 21:].min() >= 255 - 77
+    assert (trig[..., 0] == trig[..., 1]).all()                 # grayscale: channels tied
+    rec = load_record(folder)
+    tr = rec.tensors("bd_train")
+    xtr, _, _, _ = mnist_arrays(0)
+    j = int(np.flatnonzero(tr.poison.numpy())[0])
+    i = int(tr.original_index[j])
+    expected = np.clip(xtr[i].astype(np.int64) + trig[..., 0], 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(tr.x[j, 0].numpy(), expected)
+    assert int(tr.label[j]) == 0 and int(tr.poison.sum()) == round(0.1 * N_TRAIN)
+    info = load_settings_file(folder / "info.pickle")
+    assert info["attack"] == "trojannn" and info["num_neuron"] == 2 and info["mask_update_iters"] == 5

@@ -7,6 +7,7 @@ One module per attack, each registered under BackdoorBench's attack name (``list
   clean-label, only target-class training samples are poisoned and keep their labels;
 - ``lf`` (low-frequency universal perturbation): dirty-label, its pattern made here from a
   clean-trained model;
+- ``trojannn`` (a masked patch optimised to excite two feature neurons of a clean-trained model);
 - ``wanet`` (image warp, with noise-warped samples that keep their labels).
 
 ``base.py`` holds the registry, the :class:`Attack` interface and BackdoorBench's poison-index rule
@@ -16,7 +17,7 @@ the whole training set, as in BackdoorBench); test: every non-target-class sampl
 sample (all-to-all). ``run.py`` poisons, trains and writes the record folder (``attack_result.pt``,
 ``info.pickle``, ``attack_df.csv``, ``attack_df_summary.csv``, ``train_poison_index_list.pickle``, the
 poisoned PNGs), building it in a staging folder and swapping it in whole. Attacks that need a model
-trained on clean data (``lf``, ``lc``) get it from :class:`AttackContext` (seeded, cached in
+trained on clean data (``lf``, ``lc``, ``trojannn``) get it from :class:`AttackContext` (seeded, cached in
 ``.attack_cache`` beside the record and reused). A new attack is one module here, imported below.
 """
 from __future__ import annotations
@@ -27,8 +28,9 @@ from .blended import Blended
 from .lc import LabelConsistent
 from .lf import LowFrequency
 from .sig import SIG
+from .trojannn import TrojanNN
 from .wanet import WaNet
 from .run import AttackContext, AttackSettings, run_attack, staging_folder, swap_in
 
-__all__ = ["Attack", "AttackContext", "AttackSettings", "attack_params", "BadNets", "Blended", "LabelConsistent", "LowFrequency", "SIG", "WaNet", "bd_label_fn", "get_attack", "list_attacks", "poison_indices",
+__all__ = ["Attack", "AttackContext", "AttackSettings", "attack_params", "BadNets", "Blended", "LabelConsistent", "LowFrequency", "SIG", "TrojanNN", "WaNet", "bd_label_fn", "get_attack", "list_attacks", "poison_indices",
            "register_attack", "run_attack", "staging_folder", "swap_in"]
