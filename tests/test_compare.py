@@ -492,7 +492,8 @@ def test_cli_compare(tree, tmp_path, capsys):
     assert (out / "radar_blended_x.pdf").read_bytes()[:5] == b"%PDF-"
     tidy = pd.read_csv(out / "comparison.csv", keep_default_na=False, na_values=[""])
     assert list(tidy.columns) == ["attack", "defense", "test_acc", "test_asr", "test_ra", "der", "rir",
-                                  "wall_seconds", "source", "baseline_source", "data_used", "model_name", "note"]
+                                  "wall_seconds", "source", "baseline_source", "data_used", "model_name", "note",
+                                  "folder"]
     assert tidy["attack"].tolist() == ["blended_x"] * 3 + ["broken_x"] * 3
     r = tidy[(tidy["attack"] == "blended_x") & (tidy["defense"] == "burn")].iloc[0]
     assert r["source"] == "re-evaluated" and r["test_asr"] == 0.0  # always class 7, the target is 0
@@ -527,3 +528,51 @@ def test_burn_with_another_detector_is_named_after_it(tree, tmp_path):
         (dst / "run.json").write_text(json.dumps(run))
     names = set(gather_results(root, reevaluate=False)["defense"])
     assert {"burn", "burn[spectral]", "burn_spectral_again[spectral]"} <= names   # each folder keeps one row
+
+
+def _detection(mean_clean, mean_poison, auroc, precision):
+    return {"n_train": 300, "n_poison": 30, "detector": "boundary", "auroc_distance_poison": auroc,
+            "auroc_distance_flipped": auroc - 0.01, "auroc_detector_poison": auroc, "mean_distance_clean": mean_clean,
+            "mean_distance_poison": mean_poison, "poison_adv_label_is_true_label": 0.8,
+            "clean_adv_label_entropy_ratio": 0.9, "clean_adv_label_max_share": 0.2,
+            "rounds": [{"round": 0, "poison_set": {"selected": 10, "true_poison": 7, "precision": precision}}]}
+
+
+def test_across_attacks_table_radar_and_roc(tree, tmp_path):
+    """Three attacks, each with a BURN run: the detection table (paper's Table 1) reads run.json, and
+    the cross-attack radar (one per defense) and ROC (one curve per attack) are drawn."""
+    from burn_plugin.cli import main
+    from burn_plugin.report.across import detection_table
+
+    root = tmp_path / "record"
+    for i, name in enumerate(("a1", "a2", "a3")):
+        shutil.copytree(tree["root"] / "blended_x", root / name)
+        burn = root / name / "defense" / "burn"
+        (burn / "run.json").write_text(json.dumps({"method": "burn", "config": {"detector": "boundary"},
+                                                   "detection": _detection(1.0, 2.0 + i, 0.7 + 0.1 * i, 0.5)}))
+        _summary(burn / "burn_df_summary.csv", FT_STYLE, ("badnet_x", "burn"))
+    # a BURN run ranked by another detector: in the table, not in the ROC of l(x)
+    spectral = root / "a1" / "defense" / "burn_spectral"
+    shutil.copytree(root / "a1" / "defense" / "burn", spectral)
+    (spectral / "run.json").write_text(json.dumps({"method": "burn", "config": {"detector": "spectral"},
+                                                   "detection": dict(_detection(1.0, 2.0, 0.7, 1.0),
+                                                                     detector="spectral")}))
+    (spectral / "scores.npz").unlink()
+    df = gather_results(root, reevaluate=False)
+    assert df[df["defense"] == "burn[spectral]"]["folder"].tolist() == ["burn_spectral"]
+    r = df[(df["attack"] == "a1") & (df["defense"] == "burn[spectral]")].iloc[0]
+    assert r["source"] == "csv" and "burn_df_summary.csv" in r["note"]   # the method's file name, not the folder's
+    det = detection_table(df, root)
+    assert det["defense"].tolist() == ["burn", "burn[spectral]", "burn", "burn"]
+    a3 = det[det["attack"] == "a3"].iloc[0]
+    assert (a3["mean_l_clean"], a3["mean_l_poison"], a3["l_ratio"]) == (1.0, 4.0, 4.0)
+    assert a3["auroc_l"] == pytest.approx(0.9) and a3["phase1_precision"] == 0.5
+    assert det[det["defense"] == "burn[spectral]"]["phase1_precision"].tolist() == [1.0]
+
+    out = tmp_path / "cmp"
+    assert main(["-q", "compare", str(root), "--out", str(out), "--no-reevaluate"]) == 0
+    for f in ("detection.csv", "detection.md", "radar_by_defense.png", "radar_by_defense.pdf", "roc_by_attack.png",
+              "roc_by_attack.pdf"):
+        assert (out / f).is_file(), f
+    md = (out / "detection.md").read_text()
+    assert md.count("\n") == 2 + 4 and "| a3 | burn | boundary | 30 | 1.000 | 4.000 | 4.000 | 0.900 |" in md

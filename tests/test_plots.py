@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from burn_plugin.errors import BadInputError, RecordNotFoundError
 from burn_plugin.report.plots import (finite_scores, plot_defense_folder, plot_distance_histogram, plot_radar,
-                                      plot_roc, plot_rounds)
+                                      plot_radar_by_defense, plot_roc, plot_roc_by_attack, plot_rounds)
 
 
 def _scores(n=400, n_poison=40, seed=0) -> dict:
@@ -171,3 +171,38 @@ def test_plot_defense_folder(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["badnet_burn_rounds.pdf", "badnet_burn_rounds.png"]
     with pytest.raises(RecordNotFoundError):
         plot_defense_folder(tmp_path / "nope")
+
+
+def test_plot_radar_by_defense(tmp_path):
+    rows = []
+    for a, (acc0, asr0) in {"badnet": (0.9, 0.97), "blended": (0.88, 0.99), "sig": (0.87, 0.95)}.items():
+        rows += [{"attack": a, "defense": "no_defense", "test_acc": acc0, "test_asr": asr0},
+                 {"attack": a, "defense": "burn", "test_acc": acc0 - 0.02, "test_asr": 0.01},
+                 {"attack": a, "defense": "ft", "test_acc": acc0 - 0.01, "test_asr": asr0 / 2}]
+    df = pd.DataFrame(rows[:-1])                                   # ft has no row for sig: a gap, not an error
+    res = plot_radar_by_defense(df, tmp_path / "radar")
+    _valid_files(res.paths)
+    assert res.values["attacks"] == ["badnet", "blended", "sig"] and res.values["defenses"] == ["ft", "burn"]
+    assert res.values["values"]["burn"]["test_acc"] == pytest.approx([88.0, 86.0, 85.0])
+    assert res.values["values"]["ft"]["test_asr"][:2] == pytest.approx([48.5, 49.5])
+    assert np.isnan(res.values["values"]["ft"]["test_asr"][2])
+    assert res.values["no_defense"]["test_asr"] == pytest.approx([97.0, 99.0, 95.0])
+    assert len(res.figure.axes) == 2 and [ax.get_title() for ax in res.figure.axes] == ["FT", "BURN"]
+    with pytest.raises(BadInputError):
+        plot_radar_by_defense(df[df["attack"] != "sig"], tmp_path / "radar2")   # two axes have no area
+
+
+def test_plot_roc_by_attack_aurocs_equal_sklearn(tmp_path):
+    a, b = _scores(seed=0), _scores(seed=1)
+    b["distance"] = np.random.default_rng(5).random(len(b["distance"]))        # a detector at chance
+    np.savez(tmp_path / "b.npz", **b)
+    res = plot_roc_by_attack({"badnet": a, "blended": tmp_path / "b.npz"}, tmp_path / "roc")
+    _valid_files(res.paths)
+    _fonts_readable(res.figure)
+    for name, s in (("badnet", a), ("blended", b)):
+        assert res.values["auroc"][name] == pytest.approx(roc_auc_score(s["report_poison_flag"], s["distance"]))
+    labels = [t.get_text() for t in res.figure.axes[0].get_legend().get_texts()]
+    assert labels[:2] == [f"badnet: AUROC {res.values['auroc']['badnet']:.3f}",
+                          f"blended: AUROC {res.values['auroc']['blended']:.3f}"]
+    with pytest.raises(BadInputError):
+        plot_roc_by_attack({"x": {"distance": np.ones(3), "report_poison_flag": np.zeros(3, bool)}}, tmp_path / "r")

@@ -78,7 +78,7 @@ DEFAULT_METRICS = ("acc", "asr", "ra", "der", "time")
 _HIGHER_IS_BETTER = {"acc": True, "asr": False, "ra": True, "der": True, "rir": True}
 
 TIDY_COLUMNS = ["attack", "defense", "test_acc", "test_asr", "test_ra", "der", "rir", "wall_seconds", "source",
-                "baseline_source", "data_used", "model_name", "note"]
+                "baseline_source", "data_used", "model_name", "note", "folder"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,10 +181,14 @@ def summary_candidates(defense: str) -> list[tuple[str, object]]:
     return cands
 
 
-def read_defense_csv(defense_dir: Path, defense: str) -> tuple[dict | None, str]:
-    """(metrics, description of where they came from) from the defense's own summary CSV."""
+def read_defense_csv(defense_dir: Path, defense: str, method: str | None = None) -> tuple[dict | None, str]:
+    """(metrics, description of where they came from) from the defense's own summary CSV. ``method``
+    (``run.json``'s, when the folder has another name, e.g. ``burn_spectral``) adds its file names."""
     tried = []
-    for rel, row in summary_candidates(defense):
+    cands = summary_candidates(defense)
+    if method and method != defense:
+        cands += [c for c in summary_candidates(method) if c not in cands]
+    for rel, row in cands:
         vals = read_summary_row(defense_dir / rel, row)
         if vals is not None:
             where = f"{rel} row {'last' if row == 'last' else row}"
@@ -316,7 +320,8 @@ def gather_results(root: str | os.PathLike, *, attacks=None, defenses=None, reev
                 record_note = f"record not loaded, numbers from CSV files: {exc}"
 
         # no defense
-        base = {"attack": adir.name, "defense": NO_DEFENSE, "data_used": "", "wall_seconds": float("nan")}
+        base = {"attack": adir.name, "defense": NO_DEFENSE, "data_used": "", "wall_seconds": float("nan"),
+                "folder": ""}
         vals, source, note = None, "missing", record_note
         if record is not None:
             try:
@@ -343,7 +348,7 @@ def gather_results(root: str | os.PathLike, *, attacks=None, defenses=None, reev
             name = ddir.name
             run = read_run_json(ddir)
             row = {"attack": adir.name, "defense": table_name(name, run, taken), "data_used": data_used_of(name, run),
-                   "wall_seconds": _to_float(run.get("wall_seconds"))}
+                   "wall_seconds": _to_float(run.get("wall_seconds")), "folder": name}
             taken.add(row["defense"])
             vals, source, note = None, "missing", ""
             if record is not None:
@@ -362,7 +367,8 @@ def gather_results(root: str | os.PathLike, *, attacks=None, defenses=None, reev
             elif reevaluate:
                 note = "record not loaded" if record_note.startswith("record not loaded") else "record not usable"
             if vals is None:
-                csv_vals, where = read_defense_csv(ddir, name)
+                method = run.get("method")
+                csv_vals, where = read_defense_csv(ddir, name, method if isinstance(method, str) else None)
                 if csv_vals is not None:
                     vals, source = csv_vals, "csv"
                 note = _join(note, where)
@@ -375,7 +381,7 @@ def gather_results(root: str | os.PathLike, *, attacks=None, defenses=None, reev
             df[c] = np.nan if c in ("test_acc", "test_asr", "test_ra", "der", "rir", "wall_seconds") else ""
     for c in ("test_acc", "test_asr", "test_ra", "der", "rir", "wall_seconds"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
-    for c in ("source", "baseline_source", "data_used", "model_name", "note"):
+    for c in ("source", "baseline_source", "data_used", "model_name", "note", "folder"):
         df[c] = df[c].fillna("").astype(str)
 
     # DER / RIR against each attack's no-defense row
@@ -663,8 +669,10 @@ def write_comparison(df: pd.DataFrame, out_dir: str | os.PathLike, *, metrics=No
                      root: str | os.PathLike | None = None) -> dict[str, list[Path]]:
     """Write ``comparison.csv`` (tidy), ``comparison.md``, ``comparison.tex`` and, with ``plots``, one
     radar figure per attack (``radar_<attack>.png/.pdf``) and BURN's detection/round figures for every
-    defense folder with a ``scores.npz``/``<name>_df.csv`` (``<attack>_<defense>_{roc,distance,rounds}``).
-    Returns ``{"tables": [...], "plots": [...]}``.
+    defense folder with a ``scores.npz``/``<name>_df.csv`` (``<attack>_<folder>_{roc,distance,rounds}``).
+    With ``root``: BURN's detection table across attacks (``detection.csv``/``.md``, the paper's Table 1;
+    :mod:`.across`) and, with plots over several attacks, ``radar_by_defense`` (Fig. 4 as the paper
+    draws it) and ``roc_by_attack`` (Fig. 5). Returns ``{"tables": [...], "plots": [...]}``.
     """
     from ..fileio import save_csv, save_text
 
@@ -684,19 +692,51 @@ def write_comparison(df: pd.DataFrame, out_dir: str | os.PathLike, *, metrics=No
             else:
                 log.warning("%s: no radar plot (no defense has ACC/ASR numbers yet)", attack)
         if root is not None:
-            for attack in dict.fromkeys(df["attack"]):
-                for d in dict.fromkeys(df[(df["attack"] == attack) & (df["defense"] != NO_DEFENSE)]["defense"]):
-                    ddir = _attack_dir(Path(root), attack) / "defense" / d
-                    if not (ddir / "scores.npz").is_file():
-                        continue
-                    try:
-                        res = P.plot_defense_folder(ddir, out_dir=out, prefix=f"{_safe(attack)}_{_safe(d)}_")
-                    except BurnError as exc:  # a broken scores.npz must not cost the other plots
-                        log.warning("%s: no detection plots (%s)", ddir, exc)
-                        continue
-                    for p in res.values():
-                        written += p.paths
+            for _, r in df[df["defense"] != NO_DEFENSE].iterrows():
+                ddir = _attack_dir(Path(root), r["attack"]) / "defense" / r["folder"]
+                if not (ddir / "scores.npz").is_file():
+                    continue
+                try:
+                    res = P.plot_defense_folder(ddir, out_dir=out, prefix=f"{_safe(r['attack'])}_{_safe(r['folder'])}_")
+                except BurnError as exc:  # a broken scores.npz must not cost the other plots
+                    log.warning("%s: no detection plots (%s)", ddir, exc)
+                    continue
+                for p in res.values():
+                    written += p.paths
+    if root is not None:
+        tables_, plots_ = _write_across_attacks(df, out, Path(root), plots)
+        tables += tables_
+        written += plots_
     return {"tables": tables, "plots": written}
+
+
+def _write_across_attacks(df: pd.DataFrame, out: Path, root: Path, plots: bool) -> tuple[list[Path], list[Path]]:
+    """BURN's detection table (the paper's Table 1 and more; :mod:`.across`) and, over two or more attacks,
+    the paper's Fig. 4 (one radar per defense, the attacks as axes) and Fig. 5 (every attack's ROC of
+    l(x) in one figure)."""
+    from ..fileio import save_csv, save_text
+    from . import across
+
+    tables, written = [], []
+    det = across.detection_table(df, root)
+    if len(det):
+        tables += [save_csv(det, out / "detection.csv", index=False),
+                   save_text(across.render_detection_markdown(det), out / "detection.md")]
+    if not plots or df["attack"].nunique() < 2:
+        return tables, written
+    from . import plots as P
+
+    try:
+        written += P.plot_radar_by_defense(df, out / "radar_by_defense").paths
+    except BadInputError as exc:
+        log.warning("no cross-attack radar: %s", exc)
+    inputs = across.roc_inputs(df, root)
+    if len(inputs) >= 2:
+        try:
+            written += P.plot_roc_by_attack(inputs, out / "roc_by_attack").paths
+        except BurnError as exc:
+            log.warning("no cross-attack ROC: %s", exc)
+    return tables, written
 
 
 def _attack_dir(root: Path, attack: str) -> Path:

@@ -5,6 +5,9 @@
   radar has no area, so the same two panels are drawn as horizontal bars with a dashed no-defense line.
 - :func:`plot_roc`: the paper's Fig. 5: ROC of the boundary distance l(x) (and of BURN's final score
   S) as a poison detector against the record's poison flags, AUROC in the legend.
+- :func:`plot_radar_by_defense`: Fig. 4 as the paper draws it: one radar per defense, the attacks as
+  axes, ACC and ASR solid after the defense and dashed without.
+- :func:`plot_roc_by_attack`: Fig. 5 over attacks: every attack's ROC of l(x) in one figure.
 - :func:`plot_distance_histogram`: l(x) of clean vs poisoned training samples.
 - :func:`plot_rounds`: ACC / ASR / RA per BURN round (``burn_df.csv``) and the sizes of the selected sets.
 - :func:`plot_defense_folder`: the last three for a ``defense/<name>/`` folder, written beside it.
@@ -262,6 +265,111 @@ def plot_roc(scores, out_stem: str | os.PathLike, *, title: str | None = None) -
         paths = save_figure(fig, out_stem)
     return Plot(paths, {"auroc": aurocs, "selection_point": point, "n_poison": int(poison.sum()),
                         "n": int(len(poison))}, fig)
+
+
+# ------------------------------------------------------------------------------------------------
+# across attacks: Fig. 4 as the paper draws it (one radar per defense) and Fig. 5 (every attack's ROC)
+
+#: one colour per attack in the cross-attack ROC (Okabe & Ito, then matplotlib's tab10)
+SERIES = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442",
+          "#8c564b", "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def plot_radar_by_defense(table, out_stem: str | os.PathLike, *, title: str | None = None) -> Plot:
+    """The paper's Fig. 4: one radar per defense whose axes are the attacks, ACC (blue) and ASR (orange)
+    in percent, solid after the defense and dashed with no defense. ``table`` is the tidy comparison
+    table (``attack``, ``defense``, ``test_acc``, ``test_asr``; ``no_defense`` rows give the dashed
+    lines). Needs three or more attacks (a radar of two axes has no area)."""
+    import pandas as pd
+
+    from .compare import NO_DEFENSE, display_name, order_defenses
+
+    df = pd.DataFrame(table)
+    if df.empty or not {"attack", "defense"} <= set(df.columns):
+        raise BadInputError("plot_radar_by_defense needs rows with 'attack' and 'defense' columns")
+    attacks = list(dict.fromkeys(df["attack"]))
+    if len(attacks) < 3:
+        raise BadInputError(f"a radar over attacks needs three or more attacks, got {len(attacks)}")
+    defenses = [d for d in order_defenses(df[df["defense"] != NO_DEFENSE]["defense"])
+                if df[df["defense"] == d][["test_acc", "test_asr"]].notna().any(axis=None)]
+    if not defenses:
+        raise BadInputError("no defense has ACC/ASR numbers to plot")
+
+    def series(defense, metric):
+        out = []
+        for a in attacks:
+            r = df[(df["attack"] == a) & (df["defense"] == defense)]
+            out.append(_percent(r[metric].iloc[0]) if len(r) else float("nan"))
+        return out
+
+    base = {m: series(NO_DEFENSE, m) for m in ("test_acc", "test_asr")}
+    values = {d: {m: series(d, m) for m in ("test_acc", "test_asr")} for d in defenses}
+    ncols = min(3, len(defenses))
+    nrows = math.ceil(len(defenses) / ncols)
+    ang = np.linspace(0, 2 * np.pi, len(attacks), endpoint=False)
+    closed = np.append(ang, ang[0])
+
+    def ring(v):
+        v = np.asarray(v, dtype=float)
+        return np.append(v, v[0])
+
+    with _style():
+        fig = _figure(figsize=(4.6 * ncols, 4.4 * nrows + 0.8))
+        for i, d in enumerate(defenses):
+            ax = fig.add_subplot(nrows, ncols, i + 1, projection="polar")
+            for m, color, name in (("test_acc", COLORS["acc"], "ACC"), ("test_asr", COLORS["asr"], "ASR")):
+                ax.plot(closed, ring(base[m]), "--", color=color, lw=1.4, alpha=0.9, label=f"{name}, no defense")
+                ax.plot(closed, ring(values[d][m]), "-o", color=color, lw=2, ms=5, label=f"{name}, defended")
+            ax.set_xticks(ang)
+            ax.set_xticklabels(attacks)
+            ax.set_ylim(0, 100)
+            ax.set_yticks([25, 50, 75, 100])
+            ax.set_yticklabels(["25", "50", "75", "100"], fontsize=9)
+            ax.set_theta_offset(np.pi / 2)
+            ax.set_theta_direction(-1)
+            ax.tick_params(axis="x", pad=6)
+            ax.set_title(display_name(d), pad=14, fontweight="bold")
+        handles, labels = fig.axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=4, frameon=False)
+        fig.suptitle(title or "ACC and ASR (%) per attack: defended (solid) vs no defense (dashed)")
+        paths = save_figure(fig, out_stem)
+    return Plot(paths, {"attacks": attacks, "defenses": defenses, "values": values, "no_defense": base}, fig)
+
+
+def plot_roc_by_attack(scores_by_attack: Mapping[str, Any], out_stem: str | os.PathLike, *,
+                       title: str | None = None) -> Plot:
+    """The paper's Fig. 5: the ROC of the boundary distance l(x) as a poison detector, one curve per
+    attack (``attack -> scores.npz`` or arrays with ``distance`` and ``report_poison_flag``), AUROC in
+    the legend. Attacks whose flags hold only one kind are skipped (logged)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    aurocs: dict[str, float] = {}
+    with _style():
+        fig = _figure(figsize=(6.2, 5.6))
+        ax = fig.add_subplot(1, 1, 1)
+        for i, (attack, scores) in enumerate(scores_by_attack.items()):
+            arrays = load_scores(scores)
+            _need(arrays, "distance", "report_poison_flag", where=f"{attack}'s scores")
+            poison = np.asarray(arrays["report_poison_flag"]).astype(bool)
+            if poison.all() or not poison.any():
+                log.warning("%s: only one kind of sample; left out of the ROC", attack)
+                continue
+            s = finite_scores(arrays["distance"])
+            fpr, tpr, _ = roc_curve(poison, s)
+            aurocs[attack] = float(roc_auc_score(poison, s))
+            ax.plot(fpr, tpr, color=SERIES[i % len(SERIES)], lw=2, label=f"{attack}: AUROC {aurocs[attack]:.3f}")
+        if not aurocs:
+            raise BadInputError("no attack has both clean and poisoned samples to draw a ROC")
+        ax.plot([0, 1], [0, 1], ":", color=COLORS["chance"], lw=1.3, label="chance")
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.01)
+        ax.set_aspect("equal")
+        ax.set_xlabel("False positive rate (clean flagged)")
+        ax.set_ylabel("True positive rate (poison found)")
+        ax.set_title(title or "Boundary distance l(x) as a poison detector, per attack")
+        ax.legend(loc="lower right")
+        paths = save_figure(fig, out_stem)
+    return Plot(paths, {"auroc": aurocs}, fig)
 
 
 # ------------------------------------------------------------------------------------------------

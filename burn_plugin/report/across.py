@@ -1,0 +1,130 @@
+"""BURN across attacks: the paper's Table 1 and its detection numbers, for every BURN run of a comparison.
+
+:func:`detection_table` reads the detection report each BURN run keeps in its ``run.json``
+(:func:`burn_plugin.report.detection.detection_report`, computed against the record's poison flags),
+one row per (attack, BURN run):
+
+- observation 1 (paper Table 1): mean boundary distance l(x) of clean and of poisoned training
+  samples, their ratio, and the AUROC of l(x) as a poison detector (all poison, and label-flipped
+  poison only);
+- the ranking BURN used (``detector``; l(x)/l_max for the paper's ``boundary``) and its AUROC, and
+  the precision of phase 1's relabelled set (round 0);
+- observation 2 (paper Fig. 2): the share of label-flipped poisoned samples whose adversarial label
+  is their true label, and how evenly clean samples' adversarial labels spread over the classes
+  (entropy / log K; 1 = uniform) with the largest single class's share;
+- ACC / ASR / RA after that run, from the comparison table.
+
+The paper's Table 1 averages 1,000 clean and 1,000 poisoned samples; these are means over the whole
+training set. :func:`roc_inputs` picks, per attack, the run whose ``scores.npz`` holds l(x) for the
+paper's Fig. 5 (every attack's ROC in one figure).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("burn")
+
+DETECTION_COLUMNS = ["attack", "defense", "detector", "n_train", "n_poison", "mean_l_clean", "mean_l_poison",
+                     "l_ratio", "auroc_l", "auroc_l_flipped", "auroc_detector", "phase1_precision",
+                     "poison_adv_is_true", "clean_adv_entropy", "clean_adv_max_share", "test_acc", "test_asr",
+                     "test_ra"]
+
+#: Markdown headers of :data:`DETECTION_COLUMNS` (after attack and defense)
+HEADERS = {"detector": "detector", "n_poison": "poisoned", "mean_l_clean": "mean l clean",
+           "mean_l_poison": "mean l poison", "l_ratio": "ratio", "auroc_l": "AUROC l(x)",
+           "auroc_l_flipped": "AUROC l(x), flipped", "auroc_detector": "AUROC ranking",
+           "phase1_precision": "phase-1 precision", "poison_adv_is_true": "poison adv = true label",
+           "clean_adv_entropy": "clean adv-label entropy", "test_acc": "ACC", "test_asr": "ASR", "test_ra": "RA"}
+
+
+def _read_run(folder: Path) -> dict:
+    try:
+        run = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return run if isinstance(run, dict) else {}
+
+
+def _ratio(a, b):
+    return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
+
+
+def detection_table(df: pd.DataFrame, root: str | Path) -> pd.DataFrame:
+    """One row per BURN run in the comparison table ``df`` (tidy, with a ``folder`` column) whose
+    ``run.json`` holds a detection report; columns :data:`DETECTION_COLUMNS`."""
+    from .compare import NO_DEFENSE, _attack_dir
+
+    rows = []
+    for _, r in df[df["defense"] != NO_DEFENSE].iterrows():
+        run = _read_run(_attack_dir(Path(root), r["attack"]) / "defense" / r["folder"])
+        det = run.get("detection")
+        if not isinstance(det, dict) or "mean_distance_clean" not in det:
+            continue
+        rounds = det.get("rounds") or [{}]
+        phase1 = (rounds[0].get("poison_set") or {}).get("precision")
+        rows.append({"attack": r["attack"], "defense": r["defense"], "detector": det.get("detector", "boundary"),
+                     "n_train": det.get("n_train"), "n_poison": det.get("n_poison"),
+                     "mean_l_clean": det.get("mean_distance_clean"), "mean_l_poison": det.get("mean_distance_poison"),
+                     "l_ratio": _ratio(det.get("mean_distance_poison"), det.get("mean_distance_clean")),
+                     "auroc_l": det.get("auroc_distance_poison"), "auroc_l_flipped": det.get("auroc_distance_flipped"),
+                     "auroc_detector": det.get("auroc_detector_poison"), "phase1_precision": phase1,
+                     "poison_adv_is_true": det.get("poison_adv_label_is_true_label"),
+                     "clean_adv_entropy": det.get("clean_adv_label_entropy_ratio"),
+                     "clean_adv_max_share": det.get("clean_adv_label_max_share"),
+                     "test_acc": r["test_acc"], "test_asr": r["test_asr"], "test_ra": r["test_ra"]})
+    out = pd.DataFrame(rows, columns=DETECTION_COLUMNS)
+    for c in DETECTION_COLUMNS[3:]:
+        out[c] = pd.to_numeric(out[c], errors="coerce")
+    return out
+
+
+def render_detection_markdown(table: pd.DataFrame) -> str:
+    """The detection table as Markdown: distances with 3 decimals, AUROC and shares with 3, ACC/ASR/RA
+    in percent; a missing number is ``-``."""
+    from .compare import _md_escape
+
+    cols = [c for c in HEADERS if c in table.columns]
+    lines = ["| attack | defense | " + " | ".join(HEADERS[c] for c in cols) + " |",
+             "|---|---|" + "---:|" * len(cols)]
+    for _, r in table.iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            if c == "detector":
+                cells.append(str(v))
+            elif v is None or (isinstance(v, float) and not np.isfinite(v)):
+                cells.append("-")
+            elif c in ("test_acc", "test_asr", "test_ra"):
+                cells.append(f"{100 * v:.2f}")
+            elif c == "n_poison":
+                cells.append(f"{int(v)}")
+            else:
+                cells.append(f"{v:.3f}")
+        lines.append(f"| {_md_escape(str(r['attack']))} | {_md_escape(str(r['defense']))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def roc_inputs(df: pd.DataFrame, root: str | Path) -> dict[str, Path]:
+    """attack -> the ``scores.npz`` of its BURN run with the paper's ranking (``boundary``), holding
+    l(x) and the poison flags; attacks without one are left out (logged)."""
+    from .compare import NO_DEFENSE, _attack_dir
+
+    out: dict[str, Path] = {}
+    for attack in dict.fromkeys(df["attack"]):
+        sub = df[(df["attack"] == attack) & (df["defense"] != NO_DEFENSE)]
+        for folder in sub["folder"]:
+            ddir = _attack_dir(Path(root), attack) / "defense" / folder
+            run = _read_run(ddir)
+            config = run.get("config") if isinstance(run.get("config"), dict) else {}
+            if run.get("method") == "burn" and config.get("detector", "boundary") == "boundary" \
+                    and (ddir / "scores.npz").is_file():
+                out[attack] = ddir / "scores.npz"
+                break
+        else:
+            log.info("%s: no BURN run with the boundary ranking; left out of the cross-attack ROC", attack)
+    return out
