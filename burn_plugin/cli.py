@@ -2,7 +2,7 @@
 
 Subcommands: ``attack`` (make a backdoored record), ``info`` (describe a record), ``defend`` (run BURN
 or a baseline on a record), ``register``/``doctor`` (install into / check a BackdoorBench checkout),
-``compare`` (side-by-side table), ``demo`` (everything on the embedded Fashion-MNIST data).
+``compare`` (side-by-side table), ``sweep`` (BackdoorBench's defenses over a checkout), ``demo`` (everything on the embedded Fashion-MNIST data).
 
 Every deliberate error is one line ``error: ...`` naming the problem and the fix; exit code 2 for
 bad input, 1 for runtime failures; ``--debug`` shows the traceback.
@@ -15,18 +15,7 @@ import sys
 from pathlib import Path
 
 from .errors import BadInputError, run_reporting_errors
-from .settings import OneLineErrorParser, flag  # noqa: F401 - subcommand modules import flag from here
-
-SUBCOMMANDS: dict[str, "tuple"] = {}
-
-
-def subcommand(name: str, help: str):
-    """Register ``fn(args)`` as ``burn <name>``; ``fn.configure(parser)`` adds its arguments."""
-    def deco(fn):
-        SUBCOMMANDS[name] = (help, fn)
-        return fn
-    return deco
-
+from .settings import SUBCOMMANDS, OneLineErrorParser, flag, subcommand
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,6 +196,62 @@ cmd_defend.configure = _configure_defend
 
 
 # ------------------------------------------------------------------------------------------------
+# burn compare: every defense on every attack under a record/ folder (burn_plugin.report.compare), written to
+# --out (default RECORD_ROOT/comparison): comparison.{csv,md,tex}, radar_<attack>, per-run detection plots,
+# and across attacks detection.{csv,md}, radar_by_defense and roc_by_attack (PNG and PDF each)
+@subcommand("compare", "side-by-side table (attack x defense: ACC / ASR / RA / DER / wall time) and plots "
+                       "for every defense result under a BackdoorBench record/ folder")
+def cmd_compare(args) -> int:
+    from .defend import resolve_device
+    from .report.compare import DEFAULT_METRICS, gather_results, parse_metrics, render_markdown, write_comparison
+
+
+    if args.batch_size < 1:
+        raise BadInputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    metrics = parse_metrics(args.metrics or ",".join(DEFAULT_METRICS))  # bad names fail before any work
+    device = resolve_device(args.device)
+    quiet = getattr(args, "quiet", False)
+
+    def progress(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    df = gather_results(args.record_root, attacks=args.attacks, defenses=args.defenses,
+                        reevaluate=not args.no_reevaluate, device=device, trusted=args.trust_record,
+                        batch_size=args.batch_size, dataset_path=args.dataset_path, progress=progress)
+    root = Path(args.record_root)
+    out = Path(args.out) if args.out else root / "comparison"
+    print(render_markdown(df, metrics), end="")
+    written = write_comparison(df, out, metrics=metrics, plots=not args.no_plots, root=root)
+    print(f"\nwritten to {out}: " + ", ".join(p.name for p in written["tables"])
+          + (f" and {len(written['plots'])} plot files" if written["plots"] else ""))
+    return 0
+
+
+def _configure_compare(p) -> None:
+    p.add_argument("record_root", metavar="RECORD_ROOT",
+                   help="BackdoorBench's record/ folder (holding <attack>/attack_result.pt and "
+                        "<attack>/defense/<name>/), or one attack folder")
+    p.add_argument("--out", default=None, help="folder for comparison.{csv,md,tex} and the plots "
+                   "(default RECORD_ROOT/comparison)")
+    p.add_argument("--attacks", default=None, help="comma-separated attack folder names to keep (default all)")
+    p.add_argument("--defenses", default=None, help="comma-separated defense names to keep (default all)")
+    p.add_argument("--metrics", default=None, help="comma-separated columns per defense: acc, asr, ra, der, rir, "
+                   "time (default acc,asr,ra,der,time; time only where run.json records it)")
+    p.add_argument("--device", default="cpu", help="device for re-evaluation: cpu, cuda, cuda:0 ... (default cpu)")
+    flag(p, "batch_size", type=int, default=256, help="evaluation batch size (default 256)")
+    flag(p, "trust_record", action="store_true", help="allow the full unpickler for attack_result.pt and "
+         "defense_result.pt (runs code in the files; only for results you made or trust)")
+    flag(p, "no_reevaluate", action="store_true", help="do not rebuild and evaluate models; read every number "
+         "from the defenses' summary CSVs (fast, but each defense's own evaluation)")
+    flag(p, "dataset_path", default=None, help="folder holding <dataset>/ if not <R>/data (as for burn defend)")
+    flag(p, "no_plots", action="store_true", help="write the tables only")
+
+
+cmd_compare.configure = _configure_compare
+
+
+# ------------------------------------------------------------------------------------------------
 @subcommand("demo", "attack -> BURN and FT -> table -> plots on the embedded Fashion-MNIST, in minutes")
 def cmd_demo(args) -> int:
     from .demo import run_demo
@@ -245,7 +290,7 @@ def _load_plugins() -> None:
     """Import modules that register further subcommands (kept out of the import path of `burn --help`)."""
     import importlib
 
-    for mod in ("burn_plugin.report.commands", "burn_plugin.backdoorbench.commands"):
+    for mod in ("burn_plugin.backdoorbench.commands",):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -1,7 +1,7 @@
 """The numpy objects a BackdoorBench record legitimately pickles, for ``torch.load(weights_only=True)``.
 
 Standalone on purpose (it imports numpy only): ``burn_plugin.fileio`` uses it for every safe load, and
-``report/bb_runner.py``, which runs inside BackdoorBench's own interpreter where ``burn_plugin`` may not
+``backdoorbench/bb_runner.py``, which runs inside BackdoorBench's own interpreter where ``burn_plugin`` may not
 be installed, loads this file by its path for its ``torch-load`` fix.
 """
 from __future__ import annotations

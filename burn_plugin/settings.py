@@ -18,6 +18,20 @@ from typing import Any
 from .core.config import BurnConfig
 from .errors import ConfigError, one_line
 
+#: ``burn``'s subcommands: name -> (help, fn); filled by :func:`subcommand` in the modules that define
+#: them (``cli.py``, ``backdoorbench/commands.py``), read by ``cli.py`` alone. It lives here, below every
+#: layer, so that no layer imports ``cli.py``.
+SUBCOMMANDS: dict[str, tuple] = {}
+
+
+def subcommand(name: str, help: str):
+    """Register ``fn(args)`` as ``burn <name>``; ``fn.configure(parser)`` adds its arguments."""
+    def deco(fn):
+        SUBCOMMANDS[name] = (help, fn)
+        return fn
+    return deco
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse, but a bad flag or value is one ``error: ...`` line naming the fix (exit 2), not the
     whole usage text: the promise of ``burn`` and of the BackdoorBench entry scripts for bad input."""

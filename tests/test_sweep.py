@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from burn_plugin.cli import main
-from burn_plugin.report import sweep as S
+from burn_plugin.backdoorbench import sweep as S
 
 from conftest import build_hand_record
 

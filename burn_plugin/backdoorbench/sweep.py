@@ -7,7 +7,7 @@
 For every (attack, defense) pair one subprocess, run from the BackdoorBench root:
 
 - BackdoorBench's defenses (``fp``, ``nad``, ``anp``, ``i-bau``, ``ft-sam``, ``sau``, ``ft``) run
-  *unmodified*, as ``<bb python> <package>/report/bb_runner.py --fix ... defense/<name>.py
+  *unmodified*, as ``<bb python> <package>/backdoorbench/bb_runner.py --fix ... defense/<name>.py
   --result_file <attack> --yaml_path ./config/defense/<name>/<dataset or cifar10>.yaml --dataset <ds>
   --dataset_path ./data --model <record's model> --device <dev> --num_workers 0 --pin_memory False
   --amp False --random_seed <seed> --index <file>`` (+ the ``--fast`` settings). ``bb_runner.py``
@@ -387,8 +387,8 @@ def plan_sweep(bb_root, *, attacks=None, defenses=None, device: str = "cpu", fas
                ratio: float = 0.05, index: str | None = None, seed: int = 0, rerun: bool = False,
                trusted: bool = False) -> SweepPlan:
     """Check everything and decide every run (nothing is written)."""
-    from ..backdoorbench.register import resolve_bb_root
-    from .compare import find_attack_folders
+    from .register import resolve_bb_root
+    from ..report.compare import find_attack_folders
 
     names = parse_defenses(defenses)  # a bad name is reported before the checkout is even looked at
     root = resolve_bb_root(bb_root)
@@ -479,7 +479,7 @@ def data_used(run: SweepRun, plan: SweepPlan) -> str | None:
 
 def write_run_files(run: SweepRun, plan: SweepPlan, started: str, ended: str) -> None:
     from ..fileio import save_json
-    from .compare import read_run_json
+    from ..report.compare import read_run_json
 
     info = run.attack
     record = {
@@ -675,7 +675,7 @@ def compare_after(plan: SweepPlan, *, reevaluate: bool, out: str | os.PathLike |
                   progress: Callable[[str], None] | None = None) -> tuple[str, Path]:
     """``burn compare`` on ``<root>/record`` restricted to the swept attacks and defenses (those with a
     folder); returns (the Markdown table, the output folder)."""
-    from .compare import find_defense_folders, gather_results, render_markdown, write_comparison
+    from ..report.compare import find_defense_folders, gather_results, render_markdown, write_comparison
 
     record_root = plan.root / "record"
     attacks = [a.name for a in plan.attacks]
