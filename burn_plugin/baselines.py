@@ -34,6 +34,7 @@ class FTConfig(ConfigBase):
     ratio: float = 0.05
     index: str = ""
     random_seed: int = 0
+    eval_every_epoch: bool = True   # ACC/ASR/RA after every epoch (BackdoorBench's); false: after the last only
 
     def validate(self) -> None:
         need(isinstance(self.epochs, int) and self.epochs >= 0, f"epochs must be an integer >= 0, got {self.epochs!r}")
@@ -43,6 +44,8 @@ class FTConfig(ConfigBase):
              f"ratio (share of clean_train used) must lie in (0, 1], got {self.ratio!r}")
         need(isinstance(self.batch_size, int) and self.batch_size >= 1,
              f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        need(isinstance(self.eval_every_epoch, bool), f"eval_every_epoch must be true or false, got "
+             f"{self.eval_every_epoch!r}")
 
 
 @register_defense("ft", FTConfig)
@@ -62,7 +65,8 @@ def _ft(*, record, model, config, device, evaluator, out: Path, resume, progress
         t0 = time.time()
         row = {"epoch": rec["epoch"], "train_epoch_loss_avg_over_batch": rec["train_epoch_loss_avg_over_batch"],
                "train_acc": rec["train_acc"]}
-        row.update(evaluator(pixel))
+        if cfg.eval_every_epoch or rec["epoch"] == cfg.epochs - 1:
+            row.update(evaluator(pixel))
         history.append(row)
         timings["eval_s"] += time.time() - t0
 
