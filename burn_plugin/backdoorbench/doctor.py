@@ -17,15 +17,6 @@ from pathlib import Path
 
 from .register import check_bb_root, installed_state
 
-# BackdoorBench's on-disk layouts under <root>/data/ (interface.md 3.2): name -> [alternatives of file sets]
-_MNIST = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-DATA_LAYOUTS: dict[str, list[list[str]]] = {
-    "mnist": [[f"MNIST/raw/{f}" for f in _MNIST], ["MNIST/processed/training.pt", "MNIST/processed/test.pt"]],
-    "cifar10": [[f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)] + ["cifar-10-batches-py/test_batch"]],
-    "cifar100": [["cifar-100-python/train", "cifar-100-python/test"]],
-    "gtsrb": [["Train/", "Test/", "Test/GT-final_test.csv"]],
-    "tiny": [["tiny-imagenet-200/train/", "tiny-imagenet-200/val/"]],
-}
 # import name -> (pip name, why)
 BURN_PACKAGES = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "yaml": "pyyaml",
                  "pandas": "pandas", "PIL": "pillow", "scipy": "scipy", "tqdm": "tqdm"}
@@ -50,16 +41,26 @@ class Check:
         return self.required and self.status == "missing"
 
 
+def _data_layouts() -> dict[str, tuple]:
+    """BackdoorBench's on-disk layouts under ``<root>/data/`` (interface.md 3.2), from the dataset registry:
+    name -> alternative file sets."""
+    from ..bench.datasets import get_spec, list_datasets
+
+    specs = [get_spec(n) for n in list_datasets()]
+    return {s.bb_name: s.bb_files for s in specs if s.bb_name and s.bb_files}
+
+
 def _data_check(root: Path, name: str, needed: bool) -> Check:
     base = root / "data" / name
-    for files in DATA_LAYOUTS[name]:
+    layouts = _data_layouts()
+    for files in layouts[name]:
         if all((base / f).is_dir() if f.endswith("/") else (base / f).is_file() for f in files):
             detail = f"data/{name}/ ({files[0].split('/')[0]}/...)"
             if name == "tiny" and (base / "tiny-imagenet-200/val/images").is_dir():
                 return Check("warn", f"data {name}", detail + "; val/ is flat (val/images + val_annotations.txt): "
                              "burn reads it, BackdoorBench's loader needs per-class folders", needed)
             return Check("ok", f"data {name}", detail)
-    want = ", ".join(f"data/{name}/{f}" for f in DATA_LAYOUTS[name][0][:2]) + ", ..."
+    want = ", ".join(f"data/{name}/{f}" for f in layouts[name][0][:2]) + ", ..."
     why = "needed by a record below" if needed else "only needed for records on this dataset"
     return Check("missing", f"data {name}", f"expected {want} ({why})", needed)
 
@@ -102,9 +103,10 @@ def diagnose(bb_root: str | os.PathLike) -> list[Check]:
             used.setdefault(ds, []).append(rec.name)
     if not records:
         checks.append(Check("info", "records", "none under record/ yet (run an attack first)"))
-    for name in DATA_LAYOUTS:
+    layouts = _data_layouts()
+    for name in layouts:
         checks.append(_data_check(root, name, name in used))
-    for name in sorted(set(used) - set(DATA_LAYOUTS)):
+    for name in sorted(set(used) - set(layouts)):
         checks.append(Check("info", f"data {name}", f"used by {', '.join(used[name])}; not a BackdoorBench "
                             "dataset, not checked"))
     for mod, pip in BURN_PACKAGES.items():

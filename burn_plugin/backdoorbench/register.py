@@ -59,9 +59,16 @@ def manifest_path(method: str) -> Path:
 MANIFEST = manifest_path("burn")
 SCRIPT = script_path("burn")
 CONFIG_DIR = config_dir("burn")
-# BackdoorBench's per-defense YAML set (interface.md 6.1); mnist/fashionmnist are not BackdoorBench
-# datasets and stay in the package (defense/burn.py falls back to the bundled copies)
-INSTALLED_CONFIGS = ("config", "cifar10", "cifar100", "gtsrb", "tiny")
+
+
+def installed_configs() -> tuple[str, ...]:
+    """BackdoorBench's per-defense YAML set (interface.md 6.1): ``config`` and one per dataset it ships a
+    YAML for (the dataset registry's ``bb_defense_yaml``); the others stay in the package
+    (defense/burn.py falls back to the bundled copies)."""
+    from ..bench.datasets import get_spec, list_datasets
+
+    return ("config",) + tuple(n for n in list_datasets() if get_spec(n).bb_defense_yaml)
+
 # a checkout has all of REQUIRED_DIRS and at least one of MARKER_DIRS
 REQUIRED_DIRS = ("defense", "config/defense")
 MARKER_DIRS = ("utils", "record", "attack")
@@ -95,7 +102,7 @@ def managed_files(method: str = "burn") -> dict[Path, Path]:
     """Relative path in the checkout -> packaged source file, for one method of :data:`METHODS`."""
     files = {script_path(method): bundled_script(f"{method}.py")}
     d = package_data_dir("burn_plugin.bb_configs", "bb_configs")
-    for name in INSTALLED_CONFIGS:
+    for name in installed_configs():
         src = d / method / f"{name}.yaml" if d else None
         if src is None or not src.is_file():
             raise ConfigError(f"the packaged config bb_configs/{method}/{name}.yaml is missing from this "

@@ -61,10 +61,6 @@ PLUGIN_COMMAND: list[str] = [sys.executable, "-m", "burn_plugin"]
 
 BACKDOORBENCH, PLUGIN = "backdoorbench", "plugin"
 
-#: datasets BackdoorBench's defenses know (``get_num_classes``)
-BB_DATASETS = ("mnist", "cifar10", "cifar100", "gtsrb", "tiny", "celeba", "imagenet")
-#: clean training-set sizes, used when the record has no bd_train state to read it from
-BB_TRAIN_SIZES = {"mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000, "gtsrb": 39_209, "tiny": 100_000}
 #: the YAML per dataset that BackdoorBench ships (others fall back to cifar10.yaml)
 YAML_FALLBACK = "cifar10"
 
@@ -288,9 +284,16 @@ def read_attack_info(folder: Path, *, dataset: str | None, model: str | None, tr
             n_train = int(len(pi))
         except TypeError:
             n_train = None
-    if n_train is None:
-        n_train = BB_TRAIN_SIZES.get(ds)
+    if n_train is None:   # no bd_train state to read it from: the dataset's full training split
+        n_train = _train_size(ds)
     return AttackInfo(folder.name, folder, ds, mdl, n_train)
+
+
+def _train_size(bb_name: str | None) -> int | None:
+    from ..bench.datasets import get_spec, list_datasets
+
+    sizes = {get_spec(n).bb_name: get_spec(n).train_size for n in list_datasets() if get_spec(n).bb_name}
+    return sizes.get(bb_name)
 
 
 def choose_yaml(root: Path, defense: str, dataset: str) -> str:
@@ -387,6 +390,7 @@ def plan_sweep(bb_root, *, attacks=None, defenses=None, device: str = "cpu", fas
                ratio: float = 0.05, index: str | None = None, seed: int = 0, rerun: bool = False,
                trusted: bool = False) -> SweepPlan:
     """Check everything and decide every run (nothing is written)."""
+    from ..bench.datasets import backdoorbench_datasets
     from .register import resolve_bb_root
     from ..report.compare import find_attack_folders
 
@@ -408,9 +412,9 @@ def plan_sweep(bb_root, *, attacks=None, defenses=None, device: str = "cpu", fas
     infos = []
     for folder in folders:
         info = read_attack_info(folder, dataset=dataset, model=model, trusted=trusted)
-        if bb_names and info.dataset not in BB_DATASETS:
+        if bb_names and info.dataset not in backdoorbench_datasets():
             raise BadInputError(f"record {info.name} is on dataset {info.dataset!r}, which BackdoorBench's defenses "
-                                f"do not know ({', '.join(BB_DATASETS)}); make the record with BackdoorBench "
+                                f"do not know ({', '.join(backdoorbench_datasets())}); make the record with BackdoorBench "
                                 f"(Fashion-MNIST is served as 'mnist') or sweep only burn")
         if any(DEFENSES[n].uses_clean_index for n in names):
             plan_index(info, index=index, ratio=ratio, seed=seed)

@@ -47,6 +47,14 @@ class DatasetSpec:
     layout: str
     how_to_get: str
     loader: Callable = field(repr=False, compare=False, default=None)
+    train_size: int = 0          # training images in the full split
+    default_epochs: int = 100    # `burn attack`'s epochs: BackdoorBench's prototype value (CPU-sized for 28x28)
+    #: BackdoorBench knows the dataset by this name (None: not a BackdoorBench dataset, e.g. fashionmnist)
+    bb_name: str | None = None
+    #: the files BackdoorBench reads under ``<root>/data/<name>/``, as alternative sets (``dir/`` = a folder)
+    bb_files: tuple = ()
+    #: BackdoorBench ships a ``config/defense/<defense>/<name>.yaml`` for it (else cifar10.yaml is used)
+    bb_defense_yaml: bool = False
 
     @property
     def img_size(self) -> tuple:
@@ -72,6 +80,12 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
 
 def list_datasets() -> list[str]:
     return sorted(_SPECS)
+
+
+def backdoorbench_datasets() -> list[str]:
+    """Every dataset name BackdoorBench's own defenses accept: those of these specs, and the ones it
+    knows that the plugin does not load (:data:`BACKDOORBENCH_ONLY`)."""
+    return [s.bb_name for s in _SPECS.values() if s.bb_name] + list(BACKDOORBENCH_ONLY)
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -284,37 +298,46 @@ def _image_folder(folder: Path):
                                 f"{get_spec('tiny').how_to_get}") from None
 
 
-_BB = "BackdoorBench layout"
+#: datasets BackdoorBench's defenses accept but the plugin has no loader for
+BACKDOORBENCH_ONLY = ("celeba", "imagenet")
+_MNIST_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
 register_dataset(DatasetSpec(
     "mnist", 10, 28, 28, 1, (0.5,), (0.5,), False,
     layout="<root>/data/mnist/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
     how_to_get="place the four MNIST idx files in MNIST/raw/ (Fashion-MNIST's idx files also work there)",
-    loader=_load_mnist))
+    loader=_load_mnist, train_size=60_000, default_epochs=5, bb_name="mnist",
+    bb_files=(tuple(f"MNIST/raw/{f}" for f in _MNIST_IDX), ("MNIST/processed/training.pt", "MNIST/processed/test.pt"))))
 register_dataset(DatasetSpec(
     "fashionmnist", 10, 28, 28, 1, (0.2860,), (0.3530,), False,
     layout="<root>/data/fashionmnist/FashionMNIST/raw/ or /usr/share/datasets/fashion-mnist/",
     how_to_get="install it with `apt-get install dataset-fashion-mnist` (or place the idx files in FashionMNIST/raw/)",
-    loader=_load_fashionmnist))
+    loader=_load_fashionmnist, train_size=60_000, default_epochs=5))
 register_dataset(DatasetSpec(
     "cifar10", 10, 32, 32, 3, (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261), True,
     layout="<root>/data/cifar10/cifar-10-batches-py/{data_batch_1..5,test_batch}",
     how_to_get="extract cifar-10-python.tar.gz there",
-    loader=lambda root, train: _load_cifar(root, train, False)))
+    loader=lambda root, train: _load_cifar(root, train, False), train_size=50_000, default_epochs=100,
+    bb_name="cifar10", bb_defense_yaml=True,
+    bb_files=(tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)) + ("cifar-10-batches-py/test_batch",),)))
 register_dataset(DatasetSpec(
     "cifar100", 100, 32, 32, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), False,
     layout="<root>/data/cifar100/cifar-100-python/{train,test}",
     how_to_get="extract cifar-100-python.tar.gz there",
-    loader=lambda root, train: _load_cifar(root, train, True)))
+    loader=lambda root, train: _load_cifar(root, train, True), train_size=50_000, default_epochs=100,
+    bb_name="cifar100", bb_defense_yaml=True, bb_files=(("cifar-100-python/train", "cifar-100-python/test"),)))
 register_dataset(DatasetSpec(
     "gtsrb", 43, 32, 32, 3, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), False,
     layout="<root>/data/gtsrb/Train/000NN/{*.ppm,GT-000NN.csv}, <root>/data/gtsrb/Test/{*.ppm,GT-final_test.csv}",
     how_to_get="run BackdoorBench's sh/gtsrb_download.sh or lay the files out as it does",
-    loader=_load_gtsrb))
+    loader=_load_gtsrb, train_size=39_209, default_epochs=50, bb_name="gtsrb", bb_defense_yaml=True,
+    bb_files=(("Train/", "Test/", "Test/GT-final_test.csv"),)))
 register_dataset(DatasetSpec(
     "tiny", 200, 64, 64, 3, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), False,
     layout="<root>/data/tiny/tiny-imagenet-200/{train,val}/...",
     how_to_get="unzip tiny-imagenet-200.zip there",
-    loader=_load_tiny))
+    loader=_load_tiny, train_size=100_000, default_epochs=200, bb_name="tiny", bb_defense_yaml=True,
+    bb_files=(("tiny-imagenet-200/train/", "tiny-imagenet-200/val/"),)))
 
 
 def load_raw(name: str, root: str | os.PathLike | None, train: bool):

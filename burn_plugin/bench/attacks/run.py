@@ -54,8 +54,9 @@ class AttackSettings:
     extra: dict = field(default_factory=dict)
 
     def default_epochs(self) -> int:
-        # BackdoorBench's prototype epochs; Fashion-MNIST/mnist (not in BackdoorBench) get 5 for CPU work
-        return {"fashionmnist": 5, "mnist": 5, "gtsrb": 50, "tiny": 200}.get(self.dataset, 100)
+        """The dataset's (:class:`~burn_plugin.bench.datasets.DatasetSpec`): BackdoorBench's prototype
+        epochs; the 28x28 sets get 5 for CPU work."""
+        return D.get_spec(self.dataset).default_epochs
 
 
 @dataclass
