@@ -47,6 +47,7 @@ def cmd_attack(args) -> int:
 
 def _configure_attack(p):
     from .bench.attacks import attack_params, list_attacks
+    from .bench.attacks.base import describe_defaults
     from .bench.datasets import list_datasets
 
     p.add_argument("--attack", default="badnet", help=f"attack: {', '.join(list_attacks())} (default badnet)")
@@ -59,7 +60,7 @@ def _configure_attack(p):
     flag(p, "attack_label_trans", default="all2one", choices=["all2one", "all2all"],
          help="all2one: every poisoned sample -> target; all2all: y -> (y+1) mod K")
     p.add_argument("--epochs", type=int, default=None,
-                   help="training epochs (default: 5 for fashionmnist/mnist, else BackdoorBench's prototype value)")
+                   help="training epochs (default: the dataset's, BackdoorBench's prototype value; 5 for fashionmnist/mnist)")
     flag(p, "batch_size", type=int, default=128, help="training batch size (default 128, BackdoorBench's)")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate, cosine schedule (default 0.01)")
     flag(p, "random_seed", type=int, default=0, help="seed for poison indices and training (default 0)")
@@ -78,8 +79,8 @@ def _configure_attack(p):
     p.add_argument("--overwrite", action="store_true", help="replace an existing record in --out")
     flag(p, "clean_reference", action="store_true",
          help="also train the same model on clean data and print its accuracy for comparison")
-    for k, (typ, default, hlp, owners) in attack_params().items():
-        flag(p, k, type=typ, default=argparse.SUPPRESS, help=f"{'/'.join(owners)}: {hlp} (default {default})")
+    for k, (typ, defaults, hlp, owners) in attack_params().items():
+        flag(p, k, type=typ, default=argparse.SUPPRESS, help=f"{'/'.join(owners)}: {hlp} ({describe_defaults(defaults)})")
 
 
 cmd_attack.configure = _configure_attack

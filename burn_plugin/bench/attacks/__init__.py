@@ -7,6 +7,9 @@ One module per attack, each registered under BackdoorBench's attack name (``list
   clean-label, only target-class training samples are poisoned and keep their labels;
 - ``lf`` (low-frequency universal perturbation): dirty-label, its pattern made here from a
   clean-trained model;
+- ``inputaware`` (the paper's "Dynamic": a per-image trigger from a pattern generator and a mask
+  generator trained beside a classifier, with cross-trigger samples that keep their labels);
+- ``ssba`` (sample-specific invisible triggers: a fixed secret embedded by an encoder trained here);
 - ``trojannn`` (a masked patch optimised to excite two feature neurons of a clean-trained model);
 - ``wanet`` (image warp, with noise-warped samples that keep their labels).
 
@@ -27,10 +30,12 @@ from .badnet import BadNets   # importing an attack's module registers it
 from .blended import Blended
 from .lc import LabelConsistent
 from .lf import LowFrequency
+from .inputaware import InputAware
 from .sig import SIG
+from .ssba import SSBA
 from .trojannn import TrojanNN
 from .wanet import WaNet
 from .run import AttackContext, AttackSettings, run_attack, staging_folder, swap_in
 
-__all__ = ["Attack", "AttackContext", "AttackSettings", "attack_params", "BadNets", "Blended", "LabelConsistent", "LowFrequency", "SIG", "TrojanNN", "WaNet", "bd_label_fn", "get_attack", "list_attacks", "poison_indices",
+__all__ = ["Attack", "AttackContext", "AttackSettings", "attack_params", "BadNets", "Blended", "InputAware", "LabelConsistent", "LowFrequency", "SIG", "SSBA", "TrojanNN", "WaNet", "bd_label_fn", "get_attack", "list_attacks", "poison_indices",
            "register_attack", "run_attack", "staging_folder", "swap_in"]

@@ -70,15 +70,26 @@ def list_attacks() -> list[str]:
 
 
 def attack_params() -> dict:
-    """Every attack's parameters: name -> ``(type, default, help, attack names)`` (for the command line)."""
+    """Every attack's parameters for the command line: name -> ``(type, defaults, help, attack names)``,
+    ``defaults`` mapping each attack that has the parameter to its own default (two attacks may share a
+    name with different defaults, as WaNet's and InputAware's ``cross_ratio``)."""
     out: dict = {}
     for name in list_attacks():
         for k, (typ, default, hlp) in getattr(_ATTACKS[name], "PARAMS", {}).items():
             if k in out:
+                out[k][1][name] = default
                 out[k] = (*out[k][:3], out[k][3] + (name,))
             else:
-                out[k] = (typ, default, hlp, (name,))
+                out[k] = (typ, {name: default}, hlp, (name,))
     return out
+
+
+def describe_defaults(defaults: dict) -> str:
+    """``default 2.0``, or per attack where they differ: ``default inputaware 1.0, wanet 2.0``."""
+    values = set(map(repr, defaults.values()))
+    if len(values) == 1:
+        return f"default {next(iter(defaults.values()))}"
+    return "default " + ", ".join(f"{a} {v}" for a, v in defaults.items())
 
 
 def get_attack(name: str, **kwargs):
