@@ -154,9 +154,9 @@ def cmd_defend(args) -> int:
         get_spec(args.dataset)  # an unknown name is the first thing to report
     yaml_path = args.yaml_path or default_yaml(method, getattr(args, "dataset", None) or record_dataset(folder))
     merged = load_yaml(yaml_path) if yaml_path else {}
-    from .defend import CONFIGS
+    from .defenses import all_defenses
 
-    all_keys = {k for c in CONFIGS.values() for k in c.keys()}
+    all_keys = {k for d in all_defenses() for k in d.config_class.keys()}
     given = given_flags(args, sorted(all_keys) + list(RUN_KEYS))
     merged.update(given)
     source = f"{yaml_path} + command line" if yaml_path else "command line"
@@ -172,14 +172,13 @@ def cmd_defend(args) -> int:
 
 
 def _configure_defend(p):
-    from .defend import CONFIGS, _load_methods
+    from .defenses import all_defenses, list_defenses
     from .settings import RUN_KEYS, add_algorithm_flags
 
-    _load_methods()
     flag(p, "attack_folder", default=None, help="attack record folder (holding attack_result.pt), or a folder "
          "name under ./record/ as in BackdoorBench")
     flag(p, "result_file", default=None, help="alias of --attack_folder (BackdoorBench's name)")
-    p.add_argument("--method", default="burn", help=f"defense to run: {', '.join(sorted(CONFIGS))} (default burn)")
+    p.add_argument("--method", default="burn", help=f"defense to run: {', '.join(list_defenses())} (default burn)")
     flag(p, "yaml_path", default=None, help="YAML settings (default: the bundled bb_configs/<method>/<dataset>.yaml); "
          "flags given on the command line override it")
     for k, (typ, _default, hlp) in RUN_KEYS.items():
@@ -190,7 +189,7 @@ def _configure_defend(p):
     p.add_argument("--overwrite", action="store_true", help="replace an existing result in the output folder "
                    "(without it an existing result is never touched)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last round checkpoint")
-    add_algorithm_flags(p, [CONFIGS["burn"]] + [c for m, c in sorted(CONFIGS.items()) if m != "burn"])
+    add_algorithm_flags(p, [d.config_class for d in all_defenses()])   # BURN's first
 
 
 cmd_defend.configure = _configure_defend

@@ -24,7 +24,6 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -33,47 +32,15 @@ from .bench.metrics import METRIC_COLUMNS, as_metric_row, evaluate, summarize
 from .bench.records import AttackRecord, load_record
 from .core.tensors import PixelSpaceModel
 from .errors import ConfigError, OutputExistsError, OutputNotWritableError
-from .fileio import FileBoundaryCache, FileCheckpoint, save_csv, save_json, save_npz, save_torch, writable_folder
+from .fileio import FileCheckpoint, save_csv, save_json, save_torch, writable_folder
 
 log = logging.getLogger("burn")
 
-DEFENSES: dict[str, Callable] = {}
-CONFIGS: dict[str, type] = {}
-
-
-def register_defense(name: str, config_cls: type):
-    """Register ``fn(*, record, model, config, device, evaluator, out, resume, progress, extra) -> dict``
-    as method ``name`` of ``burn defend``, configured by the dataclass ``config_cls`` (its fields are
-    the method's YAML keys and command-line flags; YAML defaults live in ``bb_configs/<name>/``).
-
-    The function returns ``{"model", "history" (rows for <name>_df.csv), "timings", "summary",
-    "files" ({name: writer(path)}), "data_used", optionally "after"}``.
-    """
-    def deco(fn):
-        DEFENSES[name] = fn
-        CONFIGS[name] = config_cls
-        return fn
-    return deco
-
-
 def config_class(method: str) -> type:
-    _load_methods()
-    try:
-        return CONFIGS[method]
-    except KeyError:
-        raise ConfigError(f"unknown defense method {method!r}; choose one of: {', '.join(sorted(DEFENSES))}") from None
+    """The settings class of defense ``method`` (:mod:`burn_plugin.defenses`)."""
+    from .defenses import get_defense
 
-
-def _load_methods() -> None:
-    """Import the modules that register further methods (baselines, ULRL)."""
-    import importlib
-
-    for mod in ("burn_plugin.baselines", "burn_plugin.ulrl_method"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+    return get_defense(method).config_class
 
 
 def resolve_device(device: str | None) -> str:
@@ -184,7 +151,9 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
         spec = record.spec
         before = evaluator(PixelSpaceModel(model, spec.mean3, spec.std3).to(device))
         log.info("before: %s", json.dumps(before))
-        outcome = DEFENSES[method](record=record, model=model, config=config, device=device, evaluator=evaluator,
+        from .defenses import get_defense
+
+        outcome = get_defense(method).run(record=record, model=model, config=config, device=device, evaluator=evaluator,
                                    out=out, resume=resume, progress=progress, extra=extra or {})
         final_model = outcome["model"].cpu()
         after = outcome.get("after") or evaluator(PixelSpaceModel(final_model, spec.mean3, spec.std3).to(device))
@@ -261,53 +230,3 @@ def print_summary(summary: dict) -> None:
     if t:
         print("  time: " + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in t.items()) + f", total {summary['wall_seconds']:.0f}s")
     print(f"  results: {Path(summary['log']).parent.parent}")
-
-
-# ------------------------------------------------------------------------------------------------
-@register_defense("burn", __import__("burn_plugin.core.config", fromlist=["BurnConfig"]).BurnConfig)
-def _burn(*, record: AttackRecord, model, config, device, evaluator, out: Path, resume: bool, progress: bool,
-          extra: dict) -> dict:
-    from .core.burn import BurnData, run_burn
-    from .core.config import BurnConfig
-    from .report.detection import confusion_row, detection_report
-
-    cfg = config or BurnConfig()
-    train = record.tensors("bd_train")
-    data = BurnData(x=train.x, y=train.label, mean=record.spec.mean3, std=record.spec.std3, hflip=record.spec.hflip)
-    res = run_burn(model, data, cfg, device=device, evaluate=evaluator, progress=progress,
-                   checkpoint=FileCheckpoint(out / "checkpoint"), resume=resume,
-                   cache=FileBoundaryCache(cache_folder(record, out)),
-                   on_round=lambda row: log.info("round %s: %s", row["round"], json.dumps(row)))
-    flags = {"poison": train.poison.numpy(), "label": train.label.numpy(), "original_label": train.original_label.numpy()}
-    report = detection_report(res, flags)
-    poison = flags["poison"].astype(bool)
-    flipped = poison & (flags["label"] != flags["original_label"])
-    final_sel = res.selections[-1].poison.numpy() if res.selections else np.array([], dtype=np.int64)
-    score = res.final_score.numpy()
-    det_rows = [confusion_row(final_sel, poison, score, record.name, record.attack_target()),
-                confusion_row(final_sel, flipped, score, f"{record.name}[label-flipped]", record.attack_target())]
-
-    def write_detection(path):
-        import pandas as pd
-
-        save_csv(pd.DataFrame(det_rows, columns=["record", "TN", "FP", "FN", "TP", "TPR", "FPR", "AUC", "target"]),
-                 path, index=False)
-
-    def write_scores(path):
-        arrays = {k: v.numpy() for k, v in res.boundary.to_dict().items()}
-        arrays.update(bd=res.bd.numpy(), final_pd=res.final_pd.numpy(), final_score=score,
-                      label=flags["label"], original_index=train.original_index.numpy(),
-                      report_poison_flag=poison, report_original_label=flags["original_label"])
-        for s in res.selections:
-            arrays[f"round{s.round}_poison"] = s.poison.numpy()
-            arrays[f"round{s.round}_clean"] = s.clean.numpy()
-        save_npz(path, **arrays)
-
-    summary = {"detection": report, "boundary": res.boundary.summary(), "stopped_early": res.stopped_early,
-               "completed_rounds": res.completed_rounds}
-    if res.stopped_early:
-        print(f"warning: {res.stopped_early}", file=sys.stderr)
-    return {"model": res.model, "history": res.history, "timings": res.timings, "summary": summary,
-            "after": {k: res.history[-1].get(k) for k in METRIC_COLUMNS} if res.history and "test_acc" in res.history[-1] else None,
-            "files": {"detection_info.csv": write_detection, "scores.npz": write_scores},
-            "data_used": "poisoned training set (no clean data)"}

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .bench.attacks import AttackSettings, run_attack
-from .baselines import FTConfig
+from .defenses.ft import FTConfig
 from .core.config import BurnConfig
 from .defend import defend
 

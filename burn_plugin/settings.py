@@ -80,8 +80,20 @@ def bundled_config_dir() -> Path:
     return d
 
 
+def defense_yaml_dir(method: str) -> Path:
+    """Where defense ``method``'s YAMLs are: its registry entry's ``yaml_dir``, else the packaged
+    ``bb_configs/<method>/``."""
+    from .defenses import get_defense
+
+    try:
+        own = get_defense(method).yaml_dir
+    except ConfigError:   # not a registered defense: the packaged folder (which then holds nothing)
+        own = None
+    return Path(own) if own else bundled_config_dir() / method
+
+
 def default_yaml(method: str, dataset: str | None) -> Path | None:
-    base = bundled_config_dir() / method
+    base = defense_yaml_dir(method)
     for name in (f"{dataset}.yaml" if dataset else None, "config.yaml"):
         if name and (base / name).is_file():
             return base / name

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from burn_plugin.baselines import FTConfig
+from burn_plugin.defenses.ft import FTConfig
 from burn_plugin.defend import defend
 
 

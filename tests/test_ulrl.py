@@ -427,7 +427,7 @@ def test_clean_source_burn_uses_the_last_rounds_bottom_set(attack_record, tmp_pa
 
 
 def test_balanced_bottom_takes_the_lowest_scores_per_label_in_equal_shares(tmp_path):
-    from burn_plugin.ulrl_method import burn_clean_positions
+    from burn_plugin.defenses.ulrl import burn_clean_positions
 
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2])
     score = np.array([.9, .1, .5, .2, .8, .3, .7, .05, .6, .01, .4, .02])
@@ -460,7 +460,7 @@ def test_register_installs_and_removes_ulrl(attack_record, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split()[0] for ln in lines[:7]] == ["installed"] * 6 + ["manifest"]
     assert lines[7].split() == ["installed", "defense/ulrl.py"]
-    assert (root / "defense/ulrl.py").read_bytes() == (Path(R.__file__).parents[2] / "defense/ulrl.py").read_bytes()
+    assert (root / "defense/ulrl.py").read_bytes() == (Path(R.__file__).parents[2] / "defense/entry.py").read_bytes()
     manifest = json.loads((root / R.manifest_path("ulrl")).read_text())
     assert set(manifest["files"]) == {"defense/ulrl.py"} | {f"config/defense/ulrl/{n}.yaml" for n in
                                                             ("config", "cifar10", "cifar100", "gtsrb", "tiny")}

@@ -12,9 +12,10 @@ def _bb_root_flag(p) -> None:
               "default $BACKDOORBENCH_ROOT")
 
 
-@subcommand("register", "install BURN and ULRL into a BackdoorBench checkout (defense/{burn,ulrl}.py + config/defense/{burn,ulrl}/)")
+@subcommand("register", "install the plugin's defenses (BURN, ULRL) into a BackdoorBench checkout "
+                        "(defense/<name>.py + config/defense/<name>/)")
 def cmd_register(args) -> int:
-    from .register import register, resolve_bb_root, unregister
+    from .register import methods, register, resolve_bb_root, unregister
 
     root = resolve_bb_root(args.bb_root)
     if args.uninstall:
@@ -26,7 +27,7 @@ def cmd_register(args) -> int:
     if not args.uninstall:
         print(f"registered in {root}; run from there: python defense/burn.py --attack_folder <attack> "
               f"--dataset <dataset> --yaml_path config/defense/burn/<dataset>.yaml --device cuda:0 "
-              f"(ULRL: python defense/ulrl.py, config/defense/ulrl/)")
+              f"(also: {', '.join(f'defense/{m}.py' for m in methods() if m != 'burn')})")
     return 0
 
 

@@ -32,10 +32,11 @@ Nothing here imports BackdoorBench. :func:`make_defense_class` returns a subclas
 ``defense.base.defense`` when that is importable (inside a checkout, whose root the script puts on
 ``sys.path`` as the upstream scripts do), and :class:`Burn` itself otherwise.
 
-ULRL (:class:`ULRL`, the second defense, :mod:`burn_plugin.core.ulrl`) has the same shape: the class
-differs only in ``name``/``label``/``config_class()``; ``defense/ulrl.py`` calls :func:`ulrl_main`, its
-YAML is ``config/defense/ulrl/<dataset>.yaml`` and its results go to ``record/<attack>/defense/ulrl/``.
-``ratio`` and ``index`` are ULRL settings (its clean subset), so they are not in its ignored keys.
+Every other defense of the registry (:mod:`burn_plugin.defenses`; ULRL, ...) gets the same class shape
+from :func:`defense_class`, differing only in ``name``/``label``/``resume_help``/``config_class()``:
+``defense/<name>.py`` (the one generic entry script) calls ``main(method=<name>)``, its YAML is
+``config/defense/<name>/<dataset>.yaml`` and its results go to ``record/<attack>/defense/<name>/``.
+Its settings' keys are not among its ignored keys (ULRL's ``ratio`` and ``index`` are its clean subset).
 """
 from __future__ import annotations
 
@@ -95,10 +96,11 @@ class Burn:
 
     @classmethod
     def config_class(cls) -> type:
-        """The dataclass of this defense's settings (:class:`~burn_plugin.core.config.BurnConfig`)."""
-        from ..core.config import BurnConfig
+        """The dataclass of this defense's settings (its registry entry's; BURN's is
+        :class:`~burn_plugin.core.config.BurnConfig`)."""
+        from ..defenses import get_defense
 
-        return BurnConfig
+        return get_defense(cls.name).config_class
 
     @classmethod
     def compat_keys(cls) -> tuple:
@@ -219,9 +221,7 @@ class Burn:
 
     def mitigation(self) -> dict:
         """Run BURN on the record and write every result file; returns the run summary."""
-        from ..defend import config_class, defend
-
-        config_class(self.name)  # imports the module that registers the method (ULRL's) with burn_plugin.defend
+        from ..defend import defend
 
         if self.attack_folder is None:
             raise BadInputError("no record given; pass --attack_folder NAME (a folder under record/) or call "
@@ -249,33 +249,38 @@ class Burn:
 
 
 # ------------------------------------------------------------------------------------------------
-class ULRL(Burn):
-    """ULRL (:mod:`burn_plugin.core.ulrl`) in the same BackdoorBench defense-class shape as :class:`Burn`.
-
-    Installed as ``defense/ulrl.py`` with ``config/defense/ulrl/*.yaml``; results go to
-    ``record/<attack>/defense/ulrl/`` (``defense_result.pt``, ``ulrl_df.csv``, ``ulrl_df_summary.csv``,
-    ``index.txt``, ``run.json``, ``log/``). Its settings are :class:`~burn_plugin.core.ulrl.ULRLConfig`,
-    whose keys keep the authors' YAML names; BackdoorBench's ``ratio`` and ``index`` are ULRL settings
-    here (the clean subset), not ignored keys.
-    """
-
-    name = "ulrl"
-    label = "ULRL"
-    resume_help = "accepted for symmetry: ULRL keeps no checkpoints and runs again from the start"
-
-    @classmethod
-    def config_class(cls) -> type:
-        from ..core.ulrl import ULRLConfig
-
-        return ULRLConfig
+_BY_NAME: dict[str, type] = {}
 
 
-DEFENSE_CLASSES = {Burn.name: Burn, ULRL.name: ULRL}
+def defense_class(name: str) -> type:
+    """The BackdoorBench defense class of registered defense ``name``: :class:`Burn` for ``burn``, else a
+    subclass of it carrying the registry's name, label and settings (made once, then reused)."""
+    from ..defenses import get_defense
+
+    spec = get_defense(name)
+    if name == Burn.name:
+        return Burn
+    if name not in _BY_NAME:
+        _BY_NAME[name] = type(spec.display, (Burn,), {
+            "__module__": __name__, "__qualname__": spec.display, "name": name, "label": spec.display,
+            "resume_help": spec.resume_help,
+            "__doc__": f"{spec.display} (:mod:`burn_plugin.defenses.{name}`) in the BackdoorBench defense-class "
+                       f"shape of :class:`Burn`: defense/{name}.py, config/defense/{name}/*.yaml, results in "
+                       f"record/<attack>/defense/{name}/."})
+    return _BY_NAME[name]
+
+
+def __getattr__(attr: str):
+    if attr == "ULRL":   # the class of the registry's ``ulrl``, as earlier versions named it
+        return defense_class("ulrl")
+    raise AttributeError(attr)
+
+
 _CLASSES: dict = {}
 
 
 def make_defense_class(base: type | None = None, cls: type = Burn) -> type:
-    """``cls`` (:class:`Burn` or :class:`ULRL`), made a subclass of BackdoorBench's ``defense.base.defense``
+    """``cls`` (:class:`Burn` or a :func:`defense_class`), made a subclass of BackdoorBench's ``defense.base.defense``
     when importable.
 
     ``base`` overrides the lookup. The lookup imports ``defense.base`` from ``sys.path`` (the upstream
@@ -307,9 +312,10 @@ def build_parser(prog: str | None = None, cls: type = Burn) -> argparse.Argument
     return parser
 
 
-def main(argv=None, cls: type = Burn) -> int:
-    """Entry point of ``defense/burn.py`` (``cls=ULRL``: ``defense/ulrl.py``): one-line ``error: ...`` and
-    exit 2 (bad input) or 1 on failure."""
+def main(argv=None, cls: type | None = None, method: str | None = None) -> int:
+    """Entry point of ``defense/<method>.py`` (default ``burn``): one-line ``error: ...`` and exit 2 (bad
+    input) or 1 on failure."""
+    cls = cls or defense_class(method or METHOD)
     args = build_parser(cls=cls).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
@@ -324,8 +330,8 @@ def main(argv=None, cls: type = Burn) -> int:
 
 
 def ulrl_main(argv=None) -> int:
-    """Entry point of ``defense/ulrl.py``."""
-    return main(argv, cls=ULRL)
+    """Entry point of ``defense/ulrl.py`` (as earlier entry scripts call it)."""
+    return main(argv, method="ulrl")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""Install BURN (and ULRL) into a BackdoorBench checkout (``burn register``) and take them out again.
+"""Install the plugin's defenses (BURN, ULRL, ...) into a BackdoorBench checkout (``burn register``) and take
+them out again.
 
 BackdoorBench has no registry (interface.md section 9): a defense *is* a script
 ``defense/<name>.py`` plus ``config/defense/<name>/{config,cifar10,cifar100,gtsrb,tiny}.yaml``.
-:func:`register` copies, for each method of :data:`METHODS` (``burn``, then ``ulrl``), the plugin's
-packaged ``defense/<method>.py`` (package ``burn_plugin.bb_scripts``) and ``bb_configs/<method>/*.yaml``
-(package ``burn_plugin.bb_configs``) to those places. Each method has its own manifest in its config
+:func:`register` copies, for each method of :func:`methods` (the defenses of the registry,
+:mod:`burn_plugin.defenses`, that run as BackdoorBench scripts: ``burn``, then ``ulrl``), the plugin's one
+generic entry script (``defense/entry.py``, package ``burn_plugin.bb_scripts``) as ``defense/<method>.py``
+and ``bb_configs/<method>/*.yaml`` (package ``burn_plugin.bb_configs``) to those places. Each method has its own manifest in its config
 folder (``config/defense/burn/.burn_plugin_manifest.json``, ``config/defense/ulrl/...``), so BURN's
 files and manifest are exactly what they were before ULRL existed; the rules below hold for each.
 
@@ -36,8 +38,14 @@ from pathlib import Path
 from ..settings import package_data_dir
 from ..errors import ConfigError, CorruptFileError, NotBackdoorBenchRootError, OutputExistsError
 
-#: the defenses ``burn register`` installs, in this order
-METHODS = ("burn", "ulrl")
+
+
+def methods() -> tuple[str, ...]:
+    """The defenses ``burn register`` installs, in this order: the registry's with a BackdoorBench script."""
+    from ..defenses import all_defenses
+
+    return tuple(d.name for d in all_defenses() if d.backdoorbench_script)
+
 MANIFEST_NAME = ".burn_plugin_manifest.json"
 
 
@@ -78,8 +86,9 @@ ROOT_ENV = "BACKDOORBENCH_ROOT"
 # ------------------------------------------------------------------------------------------------
 # where the packaged files are
 
-def bundled_script(name: str = "burn.py") -> Path:
-    """The packaged BackdoorBench entry script (``burn_plugin.bb_scripts``, the repo's ``defense/``)."""
+def bundled_script(name: str = "entry.py") -> Path:
+    """The packaged generic BackdoorBench entry script (``burn_plugin.bb_scripts``, the repo's ``defense/``);
+    installed once per defense as ``defense/<name>.py``, it runs the defense it is named after."""
     d = package_data_dir("burn_plugin.bb_scripts", "defense")
     if d is None or not (d / name).is_file():
         raise ConfigError(f"the packaged script {name} is missing from this burn_plugin installation; "
@@ -88,25 +97,28 @@ def bundled_script(name: str = "burn.py") -> Path:
 
 
 def bundled_config(method: str, dataset: str | None) -> Path | None:
-    """The packaged ``bb_configs/<method>/<dataset>.yaml`` (else ``config.yaml``), or None."""
-    d = package_data_dir("burn_plugin.bb_configs", "bb_configs")
-    if d is None:
-        return None
+    """The defense's own ``<dataset>.yaml`` (else ``config.yaml``; packaged in ``bb_configs/<method>/``
+    unless its registry entry names another folder), or None."""
+    from ..settings import defense_yaml_dir
+
+    d = defense_yaml_dir(method)
     for name in (f"{dataset}.yaml" if dataset else None, "config.yaml"):
-        if name and (d / method / name).is_file():
-            return d / method / name
+        if name and (d / name).is_file():
+            return d / name
     return None
 
 
 def managed_files(method: str = "burn") -> dict[Path, Path]:
-    """Relative path in the checkout -> packaged source file, for one method of :data:`METHODS`."""
-    files = {script_path(method): bundled_script(f"{method}.py")}
-    d = package_data_dir("burn_plugin.bb_configs", "bb_configs")
+    """Relative path in the checkout -> packaged source file, for one method of :func:`methods`."""
+    from ..settings import defense_yaml_dir
+
+    files = {script_path(method): bundled_script()}
+    d = defense_yaml_dir(method)
     for name in installed_configs():
-        src = d / method / f"{name}.yaml" if d else None
-        if src is None or not src.is_file():
-            raise ConfigError(f"the packaged config bb_configs/{method}/{name}.yaml is missing from this "
-                              f"burn_plugin installation; reinstall burn-plugin")
+        src = d / f"{name}.yaml"
+        if not src.is_file():
+            raise ConfigError(f"the config {src} of defense {method} is missing; reinstall burn-plugin (or give "
+                              f"the defense its YAMLs)")
         files[config_dir(method) / f"{name}.yaml"] = src
     return files
 
@@ -202,10 +214,10 @@ class Action:
 # ------------------------------------------------------------------------------------------------
 def register(bb_root: str | os.PathLike | None, *, force: bool = False) -> list[Action]:
     """Install (or update) ``defense/<method>.py`` and ``config/defense/<method>/*.yaml`` for every method
-    of :data:`METHODS`; see the module doc."""
+    of :func:`methods`; see the module doc."""
     root = resolve_bb_root(bb_root)
     per_method, conflicts = [], []
-    for method in METHODS:
+    for method in methods():
         manifest = read_manifest(root, method) or {"files": {}, "created_dirs": []}
         known: dict[str, str] = dict(manifest["files"])
         plan = []
@@ -257,7 +269,7 @@ def register(bb_root: str | os.PathLike | None, *, force: bool = False) -> list[
 def unregister(bb_root: str | os.PathLike | None, *, force: bool = False) -> list[Action]:
     """Remove what :func:`register` installed, for every method (see the module doc); returns what was done."""
     root = resolve_bb_root(bb_root)
-    manifests = [(m, read_manifest(root, m)) for m in METHODS]
+    manifests = [(m, read_manifest(root, m)) for m in methods()]
     if all(man is None for _, man in manifests):
         return [Action(MANIFEST.as_posix(), "missing", "burn register has not installed anything here; "
                        "nothing removed")]
@@ -304,7 +316,7 @@ def unregister(bb_root: str | os.PathLike | None, *, force: bool = False) -> lis
 def installed_state(root: Path, methods=("burn",)) -> list[tuple[str, str]]:
     """``(path, state)`` for each managed file of ``methods``: current / outdated / modified / foreign / missing.
 
-    BURN's only by default (what ``burn doctor`` checks); ``methods=METHODS`` includes ULRL's."""
+    BURN's only by default (what ``burn doctor`` checks); ``methods=methods()`` includes the others'."""
     out = []
     for method in methods:
         out += _installed_state(root, method)

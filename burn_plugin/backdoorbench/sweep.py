@@ -84,10 +84,19 @@ DEFENSES: dict[str, DefenseSpec] = {s.name: s for s in (
     DefenseSpec("ft-sam", BACKDOORBENCH, ("--epochs", "2")),
     DefenseSpec("sau", BACKDOORBENCH, ("--n_rounds", "2")),
     DefenseSpec("ft", BACKDOORBENCH, ("--epochs", "2")),
-    DefenseSpec("burn", PLUGIN, ("--rounds", "5", "--epochs", "2", "--candidates", "3",
-                                 "--candidate_mode", "adaptive"), uses_clean_index=False),
-    DefenseSpec("ulrl", PLUGIN, ("--unlearning_epochs", "2", "--relearn_epochs", "2")),
 )}
+
+
+def _add_plugin_defenses() -> None:
+    """The plugin's defenses (:mod:`burn_plugin.defenses`; run through ``burn defend``), after BackdoorBench's
+    own: a plugin defense of the same name as one of BackdoorBench's (``ft``) leaves BackdoorBench's in place."""
+    from ..defenses import all_defenses
+
+    for d in all_defenses():
+        DEFENSES.setdefault(d.name, DefenseSpec(d.name, PLUGIN, tuple(d.fast), uses_clean_index=d.uses_clean_data))
+
+
+_add_plugin_defenses()
 DEFAULT_DEFENSES = ("fp", "nad", "anp", "i-bau", "ft-sam", "sau", "burn")
 
 
@@ -189,6 +198,7 @@ class SweepPlan:
 # checks and planning (everything is validated before any work)
 
 def parse_defenses(value) -> list[str]:
+    _add_plugin_defenses()   # defenses registered since this module was imported
     names = _split(value) or list(DEFAULT_DEFENSES)
     unknown = [n for n in names if n not in DEFENSES]
     if unknown:

@@ -1,13 +1,15 @@
-"""BURN backdoor defense as a BackdoorBench script (installed by ``burn register --bb-root PATH``).
+"""A burn_plugin defense as a BackdoorBench script (installed by ``burn register --bb-root PATH`` as
+``defense/<name>.py``, one copy per defense of the plugin's registry: ``burn.py``, ``ulrl.py``, ...).
 
 Run it from the BackdoorBench root, beside the other defenses::
 
     python defense/burn.py --attack_folder badnet_0_1 --dataset cifar10 \\
         --yaml_path config/defense/burn/cifar10.yaml --device cuda:0
 
-``--result_file`` is the same as ``--attack_folder``. Results go to ``record/<attack>/defense/burn/``.
-``python defense/burn.py --help`` lists every setting. The implementation lives in the installed
-``burn_plugin`` package (:mod:`burn_plugin.backdoorbench.defense`); this file only imports that.
+The defense is the one this file is named after. ``--result_file`` is the same as ``--attack_folder``.
+Results go to ``record/<attack>/defense/<name>/``; ``python defense/<name>.py --help`` lists every
+setting. The implementation lives in the installed ``burn_plugin`` package
+(:mod:`burn_plugin.backdoorbench.defense`); this file only imports that.
 
 Python puts this script's folder (BackdoorBench's ``defense/``) first on ``sys.path``; it is taken off
 again before anything is imported, so the many ``defense/*.py`` files there cannot shadow real
@@ -20,6 +22,7 @@ import sys
 
 def _run() -> int:
     here = os.path.dirname(os.path.abspath(__file__))
+    method = os.path.splitext(os.path.basename(__file__))[0]
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     cwd = os.getcwd()
     if cwd != here and cwd not in sys.path:
@@ -30,7 +33,7 @@ def _run() -> int:
         print(f"error: cannot import burn_plugin ({exc}); install it into this Python ({sys.executable}) with "
               f"pip install burn-plugin", file=sys.stderr)
         return 2
-    return main()
+    return main(method=method)
 
 
 if __name__ == "__main__":

@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bench.datasets import choose_clean_index, index_text
-from .core.ulrl import ULRLConfig, run_ulrl
-from .defend import register_defense
-from .errors import BadInputError, CorruptFileError, EmptySelectionError
-from .fileio import save_text
+from ..bench.datasets import choose_clean_index, index_text
+from ..core.ulrl import ULRLConfig, run_ulrl
+from ..errors import BadInputError, CorruptFileError, EmptySelectionError
+from ..fileio import save_text
+from . import defense
 
 log = logging.getLogger("burn.ulrl")
 
@@ -101,7 +101,8 @@ def _write_ints(values: np.ndarray):
     return lambda p: save_text(index_text(values), p)
 
 
-@register_defense("ulrl", ULRLConfig)
+@defense("ulrl", ULRLConfig, label="ULRL", fast=("--unlearning_epochs", "2", "--relearn_epochs", "2"),
+         resume_help="accepted for symmetry: ULRL keeps no checkpoints and runs again from the start")
 def _ulrl(*, record, model, config, device, evaluator, out: Path, resume: bool, progress: bool, extra: dict) -> dict:
     cfg = config or ULRLConfig()
     if resume:

@@ -1,4 +1,4 @@
-"""Baseline defenses written by us (no BackdoorBench code): FT, plain fine-tuning on a clean subset.
+"""FT, plain fine-tuning on a clean subset: BackdoorBench's simplest baseline, written here (no BackdoorBench code).
 
 FT is BackdoorBench's simplest baseline (``defense/ft.py``): SGD (lr 0.01, momentum 0.9, weight decay
 5e-4, cosine schedule) on ``ratio`` = 5% of ``clean_train`` drawn with the seed (or the BackdoorBench
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from .bench.datasets import choose_clean_index, index_text
-from .core.config import ConfigBase, _num, need
-from .core.tensors import PixelSpaceModel
-from .core.train import NonFiniteLoss, train_epochs
-from .defend import register_defense
-from .errors import NonFiniteLossError
-from .fileio import save_text
+from ..bench.datasets import choose_clean_index, index_text
+from ..core.config import ConfigBase, _num, need
+from ..core.tensors import PixelSpaceModel
+from ..core.train import NonFiniteLoss, train_epochs
+from ..errors import NonFiniteLossError
+from ..fileio import save_text
+from . import defense
 
 
 @dataclass
@@ -48,7 +48,7 @@ class FTConfig(ConfigBase):
              f"{self.eval_every_epoch!r}")
 
 
-@register_defense("ft", FTConfig)
+@defense("ft", FTConfig, label="FT", fast=("--epochs", "2"), backdoorbench_script=False)
 def _ft(*, record, model, config, device, evaluator, out: Path, resume, progress, extra) -> dict:
     cfg = config or FTConfig()
     clean = record.tensors("clean_train")

@@ -1,0 +1,70 @@
+"""BURN (the paper's method, :mod:`burn_plugin.core.burn`) as a defense: the record's poisoned training
+set in, the defended model, ``detection_info.csv`` (BackdoorBench's detection format) and ``scores.npz``
+(l(x), adversarial labels, BD, PD, S and every round's selections) out; the checkpoint after every
+round and the boundary analysis's cache are files beside the result."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..bench.metrics import METRIC_COLUMNS
+from ..bench.records import AttackRecord
+from ..core.config import BurnConfig
+from ..fileio import FileBoundaryCache, FileCheckpoint, save_csv, save_npz
+from . import defense
+
+log = logging.getLogger("burn")
+
+
+@defense("burn", BurnConfig, label="BURN", uses_clean_data=False,
+         fast=("--rounds", "5", "--epochs", "2", "--candidates", "3", "--candidate_mode", "adaptive"))
+def run(*, record: AttackRecord, model, config, device, evaluator, out: Path, resume: bool, progress: bool,
+          extra: dict) -> dict:
+    from ..core.burn import BurnData, run_burn
+    from ..defend import cache_folder
+    from ..report.detection import confusion_row, detection_report
+
+    cfg = config or BurnConfig()
+    train = record.tensors("bd_train")
+    data = BurnData(x=train.x, y=train.label, mean=record.spec.mean3, std=record.spec.std3, hflip=record.spec.hflip)
+    res = run_burn(model, data, cfg, device=device, evaluate=evaluator, progress=progress,
+                   checkpoint=FileCheckpoint(out / "checkpoint"), resume=resume,
+                   cache=FileBoundaryCache(cache_folder(record, out)),
+                   on_round=lambda row: log.info("round %s: %s", row["round"], json.dumps(row)))
+    flags = {"poison": train.poison.numpy(), "label": train.label.numpy(), "original_label": train.original_label.numpy()}
+    report = detection_report(res, flags)
+    poison = flags["poison"].astype(bool)
+    flipped = poison & (flags["label"] != flags["original_label"])
+    final_sel = res.selections[-1].poison.numpy() if res.selections else np.array([], dtype=np.int64)
+    score = res.final_score.numpy()
+    det_rows = [confusion_row(final_sel, poison, score, record.name, record.attack_target()),
+                confusion_row(final_sel, flipped, score, f"{record.name}[label-flipped]", record.attack_target())]
+
+    def write_detection(path):
+        import pandas as pd
+
+        save_csv(pd.DataFrame(det_rows, columns=["record", "TN", "FP", "FN", "TP", "TPR", "FPR", "AUC", "target"]),
+                 path, index=False)
+
+    def write_scores(path):
+        arrays = {k: v.numpy() for k, v in res.boundary.to_dict().items()}
+        arrays.update(bd=res.bd.numpy(), final_pd=res.final_pd.numpy(), final_score=score,
+                      label=flags["label"], original_index=train.original_index.numpy(),
+                      report_poison_flag=poison, report_original_label=flags["original_label"])
+        for s in res.selections:
+            arrays[f"round{s.round}_poison"] = s.poison.numpy()
+            arrays[f"round{s.round}_clean"] = s.clean.numpy()
+        save_npz(path, **arrays)
+
+    summary = {"detection": report, "boundary": res.boundary.summary(), "stopped_early": res.stopped_early,
+               "completed_rounds": res.completed_rounds}
+    if res.stopped_early:
+        print(f"warning: {res.stopped_early}", file=sys.stderr)
+    return {"model": res.model, "history": res.history, "timings": res.timings, "summary": summary,
+            "after": {k: res.history[-1].get(k) for k in METRIC_COLUMNS} if res.history and "test_acc" in res.history[-1] else None,
+            "files": {"detection_info.csv": write_detection, "scores.npz": write_scores},
+            "data_used": "poisoned training set (no clean data)"}
