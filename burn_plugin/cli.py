@@ -140,7 +140,7 @@ cmd_info.configure = _configure_info
 def cmd_defend(args) -> int:
     from .bench.records import record_dataset, resolve_attack_folder
     from .defend import config_class, defend, print_summary
-    from .settings import RUN_KEYS, default_yaml, given_flags, load_yaml, split_settings
+    from .settings import RUN_KEYS, given_flags, merge_settings, resolve_yaml
 
     method = args.method
     config_cls = config_class(method)
@@ -152,15 +152,12 @@ def cmd_defend(args) -> int:
         from .bench.datasets import get_spec
 
         get_spec(args.dataset)  # an unknown name is the first thing to report
-    yaml_path = args.yaml_path or default_yaml(method, getattr(args, "dataset", None) or record_dataset(folder))
-    merged = load_yaml(yaml_path) if yaml_path else {}
+    yaml_path = args.yaml_path or resolve_yaml(method, getattr(args, "dataset", None) or record_dataset(folder))
     from .defenses import all_defenses
 
     all_keys = {k for d in all_defenses() for k in d.config_class.keys()}
     given = given_flags(args, sorted(all_keys) + list(RUN_KEYS))
-    merged.update(given)
-    source = f"{yaml_path} + command line" if yaml_path else "command line"
-    cfg, run, ignored = split_settings(merged, source=source, config_cls=config_cls)
+    cfg, run, ignored, _ = merge_settings(config_cls, yaml_path, given)
     # the YAML's dataset is a default, not a claim about the record; only a --dataset flag is checked
     summary = defend(folder, method=method, config=cfg, device=run.get("device") or "cpu",
                      dataset=given.get("dataset"), model_name=run.get("model"), dataset_path=run.get("dataset_path"),

@@ -92,12 +92,32 @@ def defense_yaml_dir(method: str) -> Path:
     return Path(own) if own else bundled_config_dir() / method
 
 
-def default_yaml(method: str, dataset: str | None) -> Path | None:
-    base = defense_yaml_dir(method)
-    for name in (f"{dataset}.yaml" if dataset else None, "config.yaml"):
-        if name and (base / name).is_file():
-            return base / name
+def resolve_yaml(method: str, dataset: str | None, cwd: str | Path | None = None) -> Path | None:
+    """The one YAML resolver: defense ``method``'s settings file for ``dataset``.
+
+    First the dataset's own file, then ``config.yaml``; each looked for in a BackdoorBench checkout at
+    ``cwd`` (``config/defense/<method>/``, where ``burn register`` installs them and users edit them)
+    before the defense's own folder (:func:`defense_yaml_dir`). ``burn defend`` passes no ``cwd``;
+    the BackdoorBench entry script passes its working directory. None when there is none.
+    """
+    own = defense_yaml_dir(method)
+    checkout = Path(cwd) / "config" / "defense" / method if cwd is not None else None
+    for folder, stem in ((checkout, dataset), (own, dataset), (checkout, "config"), (own, "config")):
+        if folder is not None and stem and (folder / f"{stem}.yaml").is_file():
+            return folder / f"{stem}.yaml"
     return None
+
+
+def merge_settings(config_cls, yaml_path: str | Path | None, given: dict, *, shown: str | None = None):
+    """The one settings path: the YAML's keys, then *only* the flags ``given``, split into
+    ``(config, run options, ignored keys, merged dict)`` (:func:`split_settings`; errors name the key and
+    ``shown``, the YAML as the user knows it)."""
+    merged = load_yaml(yaml_path) if yaml_path else {}
+    merged.update(given)
+    shown = shown or (str(yaml_path) if yaml_path else None)
+    source = f"{shown} + command line" if shown else "command line"
+    cfg, run, ignored = split_settings(merged, source=source, config_cls=config_cls)
+    return cfg, run, ignored, merged
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -49,8 +49,8 @@ from typing import Any
 
 from ..bench.records import record_dataset, resolve_attack_folder
 from ..errors import BadInputError, run_reporting_errors
-from ..settings import (IGNORED_BB_KEYS, RUN_KEYS, OneLineErrorParser, add_algorithm_flags, flag, load_yaml,
-                        split_settings)
+from ..settings import (IGNORED_BB_KEYS, RUN_KEYS, OneLineErrorParser, add_algorithm_flags, flag, merge_settings,
+                        resolve_yaml)
 
 METHOD = "burn"
 # BackdoorBench's common defense flags (interface.md 1.3) that BURN accepts and ignores
@@ -63,20 +63,9 @@ log = logging.getLogger("burn.backdoorbench")
 
 # ------------------------------------------------------------------------------------------------
 def default_yaml_path(dataset: str | None, cwd: str | os.PathLike | None = None, method: str = METHOD) -> Path | None:
-    """``config/defense/<method>/<dataset>.yaml`` under ``cwd``, else the bundled one, else ``config.yaml``."""
-    from .register import bundled_config, config_dir
-
-    conf = config_dir(method)
-    cwd = Path(cwd) if cwd is not None else Path.cwd()
-    for name in ([dataset] if dataset else []):
-        if (cwd / conf / f"{name}.yaml").is_file():
-            return cwd / conf / f"{name}.yaml"
-        found = bundled_config(method, name)
-        if found is not None and found.name == f"{name}.yaml":
-            return found
-    if (cwd / conf / "config.yaml").is_file():
-        return cwd / conf / "config.yaml"
-    return bundled_config(method, None)
+    """``config/defense/<method>/<dataset>.yaml`` under ``cwd``, else the defense's own, else ``config.yaml``
+    (:func:`burn_plugin.settings.resolve_yaml`)."""
+    return resolve_yaml(method, dataset, Path(cwd) if cwd is not None else Path.cwd())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -174,14 +163,10 @@ class Burn:
             yaml_path = default_yaml_path(dataset, self.cwd, self.name)
         self._yaml_was_default = not explicit
         self._yaml_dataset = dataset
-        merged = load_yaml(yaml_path) if yaml_path else {}
         keys = list(config_cls.keys()) + list(RUN_KEYS) + list(type(self).compat_keys())
         given = {k: self.cli[k] for k in keys if self._given(k) is not None}
-        merged.update(given)
-        shown = explicit if explicit else (str(yaml_path) if yaml_path else None)
-        source = f"{shown} + command line" if shown else "command line"
-        self.config, self.run_options, self.ignored_keys = split_settings(merged, source=source,
-                                                                          config_cls=config_cls)
+        self.config, self.run_options, self.ignored_keys, merged = merge_settings(config_cls, yaml_path, given,
+                                                                                  shown=explicit or None)
         self.yaml_path = yaml_path
         self.cli_overrides = sorted(given)
         flags = {k: self.cli.get(k) for k in ("trust_record", "output_dir", "overwrite", "resume", "quiet", "debug")}

@@ -96,18 +96,6 @@ def bundled_script(name: str = "entry.py") -> Path:
     return d / name
 
 
-def bundled_config(method: str, dataset: str | None) -> Path | None:
-    """The defense's own ``<dataset>.yaml`` (else ``config.yaml``; packaged in ``bb_configs/<method>/``
-    unless its registry entry names another folder), or None."""
-    from ..settings import defense_yaml_dir
-
-    d = defense_yaml_dir(method)
-    for name in (f"{dataset}.yaml" if dataset else None, "config.yaml"):
-        if name and (d / name).is_file():
-            return d / name
-    return None
-
-
 def managed_files(method: str = "burn") -> dict[Path, Path]:
     """Relative path in the checkout -> packaged source file, for one method of :func:`methods`."""
     from ..settings import defense_yaml_dir
