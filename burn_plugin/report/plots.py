@@ -121,6 +121,18 @@ def finite_scores(x) -> np.ndarray:
     return x
 
 
+def _roc_axes(ax, title: str) -> None:
+    """A ROC panel's chance line, unit square, labels, title and legend."""
+    ax.plot([0, 1], [0, 1], ":", color=COLORS["chance"], lw=1.3, label="chance")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("False positive rate (clean flagged)")
+    ax.set_ylabel("True positive rate (poison found)")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+
+
 def _percent(v) -> float:
     try:
         f = float(v)
@@ -254,14 +266,7 @@ def plot_roc(scores, out_stem: str | os.PathLike, *, title: str | None = None) -
             sel[np.asarray(arrays[f"round{rounds[-1]}_poison"], dtype=np.int64)] = True
             point = (float((sel & ~poison).sum() / (~poison).sum()), float((sel & poison).sum() / poison.sum()))
             ax.plot(*point, "k*", ms=13, label=f"final poison set (round {rounds[-1]})")
-        ax.plot([0, 1], [0, 1], ":", color=COLORS["chance"], lw=1.3, label="chance")
-        ax.set_xlim(-0.01, 1.01)
-        ax.set_ylim(-0.01, 1.01)
-        ax.set_aspect("equal")
-        ax.set_xlabel("False positive rate (clean flagged)")
-        ax.set_ylabel("True positive rate (poison found)")
-        ax.set_title(title or f"Poison detection ({int(poison.sum())} of {len(poison)} poisoned)")
-        ax.legend(loc="lower right")
+        _roc_axes(ax, title or f"Poison detection ({int(poison.sum())} of {len(poison)} poisoned)")
         paths = save_figure(fig, out_stem)
     return Plot(paths, {"auroc": aurocs, "selection_point": point, "n_poison": int(poison.sum()),
                         "n": int(len(poison))}, fig)
@@ -360,14 +365,7 @@ def plot_roc_by_attack(scores_by_attack: Mapping[str, Any], out_stem: str | os.P
             ax.plot(fpr, tpr, color=SERIES[i % len(SERIES)], lw=2, label=f"{attack}: AUROC {aurocs[attack]:.3f}")
         if not aurocs:
             raise BadInputError("no attack has both clean and poisoned samples to draw a ROC")
-        ax.plot([0, 1], [0, 1], ":", color=COLORS["chance"], lw=1.3, label="chance")
-        ax.set_xlim(-0.01, 1.01)
-        ax.set_ylim(-0.01, 1.01)
-        ax.set_aspect("equal")
-        ax.set_xlabel("False positive rate (clean flagged)")
-        ax.set_ylabel("True positive rate (poison found)")
-        ax.set_title(title or "Boundary distance l(x) as a poison detector, per attack")
-        ax.legend(loc="lower right")
+        _roc_axes(ax, title or "Boundary distance l(x) as a poison detector, per attack")
         paths = save_figure(fig, out_stem)
     return Plot(paths, {"auroc": aurocs}, fig)
 
