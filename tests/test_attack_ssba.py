@@ -111,6 +111,8 @@ def test_ssba_record_end_to_end(tmp_path):
     assert set(te.label.tolist()) == {0}
     info = load_settings_file(folder / "info.pickle")
     assert info["attack"] == "SSBA" and info["secret_bits"] == 8 and info["encoder_steps"] == 4
+    stats = info["attack_stats"]            # what the encoder achieved, kept with the record
+    assert 0 <= stats["bit_acc_test"] <= 1 and 0 <= stats["residual_max_abs"] <= 12
 
 
 def test_ssba_replacement_arrays(tmp_path):

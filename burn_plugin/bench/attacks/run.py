@@ -224,6 +224,8 @@ def run_attack(settings: AttackSettings, out_folder: Path, *, overwrite: bool = 
                     state_dict=model.model.state_dict(), dataset=spec.name, bd_train=bd_train_state, bd_test=bd_test_state)
         info = {k: v for k, v in asdict(settings).items() if k != "extra"} | settings.extra | attack.params()
         info["attack"] = attack.info_name or settings.attack   # BackdoorBench's own name (label_consistent, ...)
+        if isinstance(getattr(attack, "stats", None), dict):   # what the trigger's maker measured (SSBA's bit accuracy)
+            info["attack_stats"] = {k: float(v) for k, v in attack.stats.items()}
         info.update(epochs=epochs, save_path=f"./record/{name}", num_classes=spec.num_classes,
                     img_size=spec.img_size, input_height=spec.height, input_width=spec.width, input_channel=spec.channels,
                     dataset_path=f"./data/{spec.name}")
