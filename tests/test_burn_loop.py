@@ -231,3 +231,26 @@ def test_per_label_clean_selection_in_the_loop(small_problem):
     assert len(clean) == 40 and float((share - expected).abs().max()) <= 1 / 40 + 1e-12   # rounding: one sample
     with pytest.raises(Exception, match="clean_selection"):
         BurnConfig(clean_selection="balanced")
+
+
+def test_clean_ranking_boundary_changes_nothing_for_the_boundary_detector(small_problem, reference_run):
+    model, data = small_problem
+    res = run_burn(copy.deepcopy(model), data, cfg(clean_ranking="boundary"), progress=False)
+    for a, b in zip(reference_run.selections, res.selections):
+        assert torch.equal(a.poison, b.poison) and torch.equal(a.clean, b.clean)
+    assert all(torch.equal(u, v) for u, v in zip(reference_run.model.state_dict().values(),
+                                                  res.model.state_dict().values()))
+
+
+def test_clean_ranking_boundary_takes_the_clean_set_nearest_the_boundary(small_problem):
+    from burn_plugin.core.scores import boundary_score, composite_score
+
+    model, data = small_problem
+    res = run_burn(copy.deepcopy(model), data, cfg(detector="spectral", clean_ranking="boundary", rounds=1),
+                   progress=False)
+    s = res.selections[1]
+    assert torch.equal(s.poison, torch.argsort(res.final_score, descending=True, stable=True)[:len(s.poison)])
+    clean_s = composite_score(boundary_score(res.boundary.distance), res.final_pd, s.w)
+    rest = torch.ones(len(clean_s), dtype=torch.bool)
+    rest[s.poison] = False
+    assert float(clean_s[s.clean].max()) <= float(clean_s[rest & ~torch.isin(torch.arange(len(rest)), s.clean)].min())

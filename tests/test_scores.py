@@ -86,3 +86,18 @@ def test_per_label_clean_selection_keeps_the_class_mix():
         assert float(score[mine].max()) <= float(score[rest].min())
     _, odd = select(score, 0, 7, labels=labels)                         # 2.8, 2.8, 1.4 -> 3, 3, 1 (largest remainders)
     assert torch.bincount(labels[odd], minlength=3).tolist() == [3, 3, 1] and len(odd) == 7
+
+
+def test_select_with_its_own_clean_score():
+    score = torch.tensor([0.9, 0.1, 0.5, 0.8, 0.2, 0.3])
+    clean_score = torch.tensor([0.0, 0.9, 0.1, 0.2, 0.8, 0.05])   # sample 0 is lowest here, but in the poison set
+    poison, clean = select(score, 2, 2, clean_score=clean_score)
+    assert poison.tolist() == [0, 3]                                 # top by score
+    assert clean.tolist() == [5, 2]                                  # lowest clean_score among the rest, lowest first
+    assert set(poison.tolist()).isdisjoint(clean.tolist())
+    # the same score for both gives the plain selection, per label too
+    labels = torch.tensor([0, 0, 1, 1, 0, 1])
+    for lab in (None, labels):
+        a = select(score, 2, 3, labels=lab)
+        b = select(score, 2, 3, labels=lab, clean_score=score)
+        assert all(torch.equal(u, v) for u, v in zip(a, b))

@@ -246,6 +246,8 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
         torch.set_rng_state(ck["torch_rng"])
         log.info("resuming after round %d", ck["round"])
 
+    # the clean set's BD: the detector's (default) or the paper's l / l_max whatever the detector
+    bd_clean = boundary_score(boundary.distance) if cfg.clean_ranking == "boundary" else None
     pd = torch.zeros(n, dtype=torch.float64)
     score = bd.clone()
     stopped = None
@@ -262,10 +264,13 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
         else:
             if cfg.distance_model == "current":
                 bd = boundary_score(analyse_boundary(model, data, cfg, device=device).distance)
+                bd_clean = bd if bd_clean is not None else None
             pd = prediction_divergence(frozen_out, _outputs(pixel_model, data.x, cfg, device))
             score = composite_score(bd, pd, w)
             poison_idx, clean_idx = select(score, n_p, n_c,
-                                           labels=data.y if cfg.clean_selection == "per_label" else None)
+                                           labels=data.y if cfg.clean_selection == "per_label" else None,
+                                           clean_score=composite_score(bd_clean, pd, w) if bd_clean is not None
+                                           else None)
         timings["scoring_s"] += time.time() - t0
         sel = PoisonSelection(round=t, poison=poison_idx, clean=clean_idx, k_p=kp, k_c=kc, w=w if t else 0.0)
 

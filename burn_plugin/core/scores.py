@@ -63,12 +63,14 @@ class PoisonSelection:
 
 
 def select(score: torch.Tensor, n_poison: int, n_clean: int,
-           labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           labels: torch.Tensor | None = None, clean_score: torch.Tensor | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the ``n_poison`` highest and ``n_clean`` lowest scores (disjoint; ties by index).
 
     With ``labels`` the clean set is drawn per given label, each label's lowest scores in proportion to
     its size (largest remainders fill the rounding), so that it keeps the class mix of the training
-    set; the poison set is still the global top.
+    set; the poison set is still the global top. With ``clean_score`` the clean set is the lowest of
+    *that* score among the samples not in the poison set.
     """
     n = len(score)
     if n_poison + n_clean > n:
@@ -77,9 +79,15 @@ def select(score: torch.Tensor, n_poison: int, n_clean: int,
     poison = order[:n_poison].clone()
     if not n_clean:
         return poison, order[:0].clone()
+    if clean_score is None:
+        rest = order[n_poison:]
+    else:
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[poison] = False
+        cand = torch.nonzero(keep).flatten()
+        rest = cand[torch.argsort(clean_score[cand], descending=True, stable=True)]
     if labels is None:
-        return poison, order[n - n_clean:].flip(0).clone()
-    rest = order[n_poison:]
+        return poison, rest[len(rest) - n_clean:].flip(0).clone()
     classes, counts = torch.unique(labels, return_counts=True)
     quota = counts.double() * n_clean / n
     take = quota.floor().long()
