@@ -576,3 +576,14 @@ def test_across_attacks_table_radar_and_roc(tree, tmp_path):
         assert (out / f).is_file(), f
     md = (out / "detection.md").read_text()
     assert md.count("\n") == 2 + 4 and "| a3 | burn | boundary | 30 | 1.000 | 4.000 | 4.000 | 0.900 |" in md
+
+
+def test_burn_settings_name_the_run_alike_on_every_attack():
+    from burn_plugin.report.compare import table_name
+
+    run = {"method": "burn", "config": {"detector": "spectral", "clean_ranking": "boundary"}}
+    assert table_name("anything", run, set()) == "burn[spectral, clean by boundary]"
+    assert table_name("x", {"method": "burn", "config": {"detector": "scan", "clean_selection": "per_label"}},
+                      set()) == "burn[scan, per_label]"
+    assert table_name("burn", {"method": "burn", "config": {"detector": "boundary"}}, set()) == "burn"
+    assert table_name("f", run, {"burn[spectral, clean by boundary]"}) == "f[spectral, clean by boundary]"

@@ -116,15 +116,21 @@ def order_defenses(names: Iterable[str]) -> list[str]:
 
 
 def table_name(folder_name: str, run: dict, taken: set) -> str:
-    """A defense's name in the table: its folder's, or ``burn[spectral]`` for BURN ranking with another
-    detector than the paper's (``run.json`` says which; the folder name is kept when two folders of
-    one attack would otherwise share a name)."""
+    """A defense's name in the table: its folder's, or for BURN run with other than the paper's ranking
+    and clean set (``run.json`` says which) the method with those settings, e.g. ``burn[spectral]``,
+    ``burn[scan, per_label]``, ``burn[spectral, clean by boundary]``, so that one configuration has one
+    name on every attack (the folder name is kept when two folders of one attack would share a name)."""
     config = run.get("config") if isinstance(run.get("config"), dict) else {}
     detector = config.get("detector", "boundary")
-    if not isinstance(detector, str) or detector == "boundary":
+    parts = [detector] if isinstance(detector, str) and detector != "boundary" else []
+    if config.get("clean_selection", "global") == "per_label":
+        parts.append("per_label")
+    if config.get("clean_ranking", "detector") == "boundary" and parts:
+        parts.append("clean by boundary")
+    if not parts:
         return folder_name
-    label = f"{run.get('method') or folder_name}[{detector}]"
-    return label if label not in taken else f"{folder_name}[{detector}]"
+    label = f"{run.get('method') or folder_name}[{', '.join(parts)}]"
+    return label if label not in taken else f"{folder_name}[{', '.join(parts)}]"
 
 
 def display_name(defense: str) -> str:
