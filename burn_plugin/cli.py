@@ -202,7 +202,6 @@ def cmd_compare(args) -> int:
     from .defend import resolve_device
     from .report.compare import DEFAULT_METRICS, gather_results, parse_metrics, render_markdown, write_comparison
 
-
     if args.batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {args.batch_size}")
     metrics = parse_metrics(args.metrics or ",".join(DEFAULT_METRICS))  # bad names fail before any work

@@ -182,6 +182,7 @@ def test_plot_radar_by_defense(tmp_path):
     df = pd.DataFrame(rows[:-1])                                   # ft has no row for sig: a gap, not an error
     res = plot_radar_by_defense(df, tmp_path / "radar")
     _valid_files(res.paths)
+    _fonts_readable(res.figure)
     assert res.values["attacks"] == ["badnet", "blended", "sig"] and res.values["defenses"] == ["ft", "burn"]
     assert res.values["values"]["burn"]["test_acc"] == pytest.approx([88.0, 86.0, 85.0])
     assert res.values["values"]["ft"]["test_asr"][:2] == pytest.approx([48.5, 49.5])

@@ -50,17 +50,16 @@ def _data_layouts() -> dict[str, tuple]:
     return {s.bb_name: s.bb_files for s in specs if s.bb_name and s.bb_files}
 
 
-def _data_check(root: Path, name: str, needed: bool) -> Check:
+def _data_check(root: Path, name: str, file_sets: tuple, needed: bool) -> Check:
     base = root / "data" / name
-    layouts = _data_layouts()
-    for files in layouts[name]:
+    for files in file_sets:
         if all((base / f).is_dir() if f.endswith("/") else (base / f).is_file() for f in files):
             detail = f"data/{name}/ ({files[0].split('/')[0]}/...)"
             if name == "tiny" and (base / "tiny-imagenet-200/val/images").is_dir():
                 return Check("warn", f"data {name}", detail + "; val/ is flat (val/images + val_annotations.txt): "
                              "burn reads it, BackdoorBench's loader needs per-class folders", needed)
             return Check("ok", f"data {name}", detail)
-    want = ", ".join(f"data/{name}/{f}" for f in layouts[name][0][:2]) + ", ..."
+    want = ", ".join(f"data/{name}/{f}" for f in file_sets[0][:2]) + ", ..."
     why = "needed by a record below" if needed else "only needed for records on this dataset"
     return Check("missing", f"data {name}", f"expected {want} ({why})", needed)
 
@@ -104,8 +103,8 @@ def diagnose(bb_root: str | os.PathLike) -> list[Check]:
     if not records:
         checks.append(Check("info", "records", "none under record/ yet (run an attack first)"))
     layouts = _data_layouts()
-    for name in layouts:
-        checks.append(_data_check(root, name, name in used))
+    for name, file_sets in layouts.items():
+        checks.append(_data_check(root, name, file_sets, name in used))
     for name in sorted(set(used) - set(layouts)):
         checks.append(Check("info", f"data {name}", f"used by {', '.join(used[name])}; not a BackdoorBench "
                             "dataset, not checked"))

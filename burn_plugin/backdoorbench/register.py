@@ -39,12 +39,12 @@ from ..settings import package_data_dir
 from ..errors import ConfigError, CorruptFileError, NotBackdoorBenchRootError, OutputExistsError
 
 
-
 def methods() -> tuple[str, ...]:
     """The defenses ``burn register`` installs, in this order: the registry's with a BackdoorBench script."""
     from ..defenses import all_defenses
 
     return tuple(d.name for d in all_defenses() if d.backdoorbench_script)
+
 
 MANIFEST_NAME = ".burn_plugin_manifest.json"
 
@@ -76,6 +76,7 @@ def installed_configs() -> tuple[str, ...]:
     from ..bench.datasets import get_spec, list_datasets
 
     return ("config",) + tuple(n for n in list_datasets() if get_spec(n).bb_defense_yaml)
+
 
 # a checkout has all of REQUIRED_DIRS and at least one of MARKER_DIRS
 REQUIRED_DIRS = ("defense", "config/defense")

@@ -20,7 +20,6 @@ paper's Fig. 5 (every attack's ROC in one figure).
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -42,14 +41,6 @@ HEADERS = {"detector": "detector", "n_poison": "poisoned", "mean_l_clean": "mean
            "clean_adv_entropy": "clean adv-label entropy", "test_acc": "ACC", "test_asr": "ASR", "test_ra": "RA"}
 
 
-def _read_run(folder: Path) -> dict:
-    try:
-        run = json.loads((folder / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return run if isinstance(run, dict) else {}
-
-
 def _ratio(a, b):
     return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
 
@@ -57,11 +48,11 @@ def _ratio(a, b):
 def detection_table(df: pd.DataFrame, root: str | Path) -> pd.DataFrame:
     """One row per BURN run in the comparison table ``df`` (tidy, with a ``folder`` column) whose
     ``run.json`` holds a detection report; columns :data:`DETECTION_COLUMNS`."""
-    from .compare import NO_DEFENSE, _attack_dir
+    from .compare import NO_DEFENSE, _attack_dir, read_run_json
 
     rows = []
     for _, r in df[df["defense"] != NO_DEFENSE].iterrows():
-        run = _read_run(_attack_dir(Path(root), r["attack"]) / "defense" / r["folder"])
+        run = read_run_json(_attack_dir(Path(root), r["attack"]) / "defense" / r["folder"])
         det = run.get("detection")
         if not isinstance(det, dict) or "mean_distance_clean" not in det:
             continue
@@ -112,14 +103,14 @@ def render_detection_markdown(table: pd.DataFrame) -> str:
 def roc_inputs(df: pd.DataFrame, root: str | Path) -> dict[str, Path]:
     """attack -> the ``scores.npz`` of its BURN run with the paper's ranking (``boundary``), holding
     l(x) and the poison flags; attacks without one are left out (logged)."""
-    from .compare import NO_DEFENSE, _attack_dir
+    from .compare import NO_DEFENSE, _attack_dir, read_run_json
 
     out: dict[str, Path] = {}
     for attack in dict.fromkeys(df["attack"]):
         sub = df[(df["attack"] == attack) & (df["defense"] != NO_DEFENSE)]
         for folder in sub["folder"]:
             ddir = _attack_dir(Path(root), attack) / "defense" / folder
-            run = _read_run(ddir)
+            run = read_run_json(ddir)
             config = run.get("config") if isinstance(run.get("config"), dict) else {}
             if run.get("method") == "burn" and config.get("detector", "boundary") == "boundary" \
                     and (ddir / "scores.npz").is_file():

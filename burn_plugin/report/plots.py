@@ -183,16 +183,11 @@ def plot_radar(table, out_stem: str | os.PathLike, *, title: str | None = None) 
     return Plot(paths, values, fig)
 
 
-def _radar_panel(ax, labels, values, ref, color, panel_title):
+def _polar_frame(ax, labels, *, pad: float) -> np.ndarray:
+    """A radar's frame: one spoke per label (the first at the top, then clockwise), 0-100 with rings at
+    25/50/75/100 whose labels sit between the first two spokes; returns the spokes' angles."""
     n = len(labels)
     ang = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    closed = np.append(ang, ang[0])
-    v = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
-    ax.plot(closed, np.append(v, v[0]), "-o", color=color, lw=2, ms=6, label="defended")
-    ax.fill(closed, np.append(v, v[0]), color=color, alpha=0.15)
-    if math.isfinite(ref):
-        circle = np.linspace(0, 2 * np.pi, 200)
-        ax.plot(circle, np.full_like(circle, ref), "--", color="0.2", lw=1.6, label=f"no defense ({ref:.1f})")
     ax.set_xticks(ang)
     ax.set_xticklabels(labels)
     ax.set_ylim(0, 100)
@@ -200,10 +195,22 @@ def _radar_panel(ax, labels, values, ref, color, panel_title):
     ax.set_yticklabels(["25", "50", "75", "100"])
     for t in ax.get_yticklabels():
         t.set_bbox({"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1})
-    ax.set_theta_offset(np.pi / 2)  # first defense at the top, then clockwise
+    ax.set_theta_offset(np.pi / 2)
     ax.set_theta_direction(-1)
-    ax.set_rlabel_position(180 / n if n else 0)  # radial labels between the first two spokes
-    ax.tick_params(axis="x", pad=8)
+    ax.set_rlabel_position(180 / n if n else 0)
+    ax.tick_params(axis="x", pad=pad)
+    return ang
+
+
+def _radar_panel(ax, labels, values, ref, color, panel_title):
+    ang = _polar_frame(ax, labels, pad=8)
+    closed = np.append(ang, ang[0])
+    v = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
+    ax.plot(closed, np.append(v, v[0]), "-o", color=color, lw=2, ms=6, label="defended")
+    ax.fill(closed, np.append(v, v[0]), color=color, alpha=0.15)
+    if math.isfinite(ref):
+        circle = np.linspace(0, 2 * np.pi, 200)
+        ax.plot(circle, np.full_like(circle, ref), "--", color="0.2", lw=1.6, label=f"no defense ({ref:.1f})")
     ax.set_title(panel_title, pad=18)
     ax.legend(loc="upper right", bbox_to_anchor=(1.25, 1.12), frameon=False)
 
@@ -325,14 +332,7 @@ def plot_radar_by_defense(table, out_stem: str | os.PathLike, *, title: str | No
             for m, color, name in (("test_acc", COLORS["acc"], "ACC"), ("test_asr", COLORS["asr"], "ASR")):
                 ax.plot(closed, ring(base[m]), "--", color=color, lw=1.4, alpha=0.9, label=f"{name}, no defense")
                 ax.plot(closed, ring(values[d][m]), "-o", color=color, lw=2, ms=5, label=f"{name}, defended")
-            ax.set_xticks(ang)
-            ax.set_xticklabels(attacks)
-            ax.set_ylim(0, 100)
-            ax.set_yticks([25, 50, 75, 100])
-            ax.set_yticklabels(["25", "50", "75", "100"], fontsize=9)
-            ax.set_theta_offset(np.pi / 2)
-            ax.set_theta_direction(-1)
-            ax.tick_params(axis="x", pad=6)
+            _polar_frame(ax, attacks, pad=6)
             ax.set_title(display_name(d), pad=14, fontweight="bold")
         handles, labels = fig.axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncol=4, frameon=False)
