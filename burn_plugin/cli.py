@@ -164,7 +164,8 @@ def cmd_defend(args) -> int:
                      trusted=args.trust_record, output_dir=args.output_dir, overwrite=args.overwrite,
                      resume=args.resume, progress=not args.quiet,
                      run_info={"yaml_path": str(yaml_path) if yaml_path else None, "ignored_keys": ignored})
-    print_summary(summary)
+    if summary is not None:  # torchrun's other ranks leave the summary to rank 0
+        print_summary(summary)
     return 0
 
 

@@ -14,11 +14,18 @@ into ``<attack_folder>/defense/<method>/``:
 
 Every file is written atomically, ``defense_result.pt`` last, so its presence marks a finished run.
 An existing result is never replaced unless ``overwrite``.
+
+Started by ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1), a defense whose spec says
+``distributed`` (BURN) joins the process group (``gloo`` on CPU, ``nccl`` on CUDA, each process on
+``cuda:LOCAL_RANK``) and splits its per-sample passes over the ranks; rank 0 alone writes files, logs
+and progress bars. Every rank checks the input first, so a bad input stops all of them before any work.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -31,7 +38,7 @@ import torch
 from .bench.metrics import METRIC_COLUMNS, as_metric_row, evaluate, summarize
 from .bench.records import AttackRecord, load_record
 from .core.tensors import PixelSpaceModel
-from .errors import ConfigError, OutputExistsError, OutputNotWritableError
+from .errors import BurnError, ConfigError, OutputExistsError, OutputNotWritableError, RankFailedError
 from .fileio import FileCheckpoint, save_csv, save_json, save_torch, writable_folder
 
 log = logging.getLogger("burn")
@@ -50,6 +57,65 @@ def resolve_device(device: str | None) -> str:
     if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
         raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
     return device
+
+
+def torchrun_world() -> int:
+    """How many processes ``torchrun`` started this run with (1 outside torchrun)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    except ValueError:
+        raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number; start the run with "
+                          f"torchrun, or unset WORLD_SIZE") from None
+
+
+def rank_device(device: str) -> str:
+    """``cuda`` becomes this process's own GPU (``cuda:LOCAL_RANK``) under torchrun."""
+    if device == "cuda" and torchrun_world() > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
+    return device
+
+
+@contextlib.contextmanager
+def process_group(device: str, method: str):
+    """Join torchrun's process group for the run (nothing outside torchrun). A failure on this rank
+    becomes one ``error: rank R of W failed: ...`` line (torchrun then stops the other ranks)."""
+    world = torchrun_world()
+    if world == 1:
+        yield
+        return
+    import torch.distributed as dist
+
+    from .defenses import get_defense
+
+    if not get_defense(method).distributed:
+        raise ConfigError(f"--method {method} runs in one process; start it with `burn defend`, not torchrun "
+                          f"(only BURN splits its work over processes)")
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    started_here = not dist.is_initialized()
+    if started_here:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    rank = dist.get_rank()
+    burn_log = logging.getLogger("burn")
+    level = burn_log.level
+    if rank != 0:
+        burn_log.setLevel(logging.ERROR)  # rank 0 speaks for the run
+    try:
+        yield
+    except BurnError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one line, then torchrun stops the others
+        raise RankFailedError(f"rank {rank} of {world} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        burn_log.setLevel(level)
+        if started_here:
+            dist.destroy_process_group()
+
+
+def is_main_rank() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def setup_logger(out: Path) -> tuple[logging.Handler, Path]:
@@ -128,16 +194,29 @@ def cache_folder(record: AttackRecord, out: Path) -> Path:
 def defend(attack_folder, *, method: str = "burn", config=None, device: str = "cpu", dataset: str | None = None,
            model_name: str | None = None, dataset_path: str | None = None, trusted: bool = False, output_dir=None,
            overwrite: bool = False, resume: bool = False, progress: bool = True, run_info: dict | None = None,
-           extra: dict | None = None) -> dict:
-    """Defend one record; returns the summary also written to ``run.json``."""
+           extra: dict | None = None) -> dict | None:
+    """Defend one record; returns the summary also written to ``run.json`` (``None`` on every torchrun
+    rank but the first, which writes it)."""
     cls = config_class(method)  # validates the name and loads the registered methods
     config = config if config is not None else cls()
     record = load_record(attack_folder, trusted=trusted, dataset=dataset, dataset_path=dataset_path)
-    device = resolve_device(device)  # after the record: a broken record is the first thing to report
+    device = rank_device(resolve_device(device))  # after the record: a broken record is the first thing to report
     model = record.build_model(model_name)
     out = prepare_output(record, method, output_dir, overwrite, resume, config)
     if resume:
         _check_checkpoint(out, config)
+    with process_group(device, method):
+        if not is_main_rank():
+            from .defenses import get_defense
+
+            get_defense(method).run(record=record, model=model, config=config, device=device, evaluator=None,
+                                    out=out, resume=resume, progress=False, extra=extra or {})
+            return None
+        return _defend_main(record, model, method, config, device, out, model_name, resume, progress, run_info,
+                            extra)
+
+
+def _defend_main(record, model, method, config, device, out, model_name, resume, progress, run_info, extra) -> dict:
     handler, log_path = setup_logger(out)
     started = time.time()
     try:

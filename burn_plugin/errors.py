@@ -77,6 +77,16 @@ class NonFiniteLossError(BurnError):
     """The training loss became NaN or Inf."""
 
 
+class RankFailedError(BurnError):
+    """One process of a ``torchrun`` run failed; ``torchrun`` then stops the others."""
+
+
+def quiet_rank() -> bool:
+    """True in every process but the first of a multi-process ``torchrun`` run: the input errors that
+    every rank finds alike are reported once, by rank 0 (a :class:`RankFailedError` by its own rank)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("RANK", "0") != "0"
+
+
 #: errno values that mean "the path you gave is wrong" (exit 2), not "the machine failed" (exit 1)
 _BAD_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP}
 
@@ -125,7 +135,12 @@ def run_reporting_errors(fn: Callable[[], int | None], *, debug: bool = False) -
     except BurnError as exc:
         if debug:
             raise
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        if not quiet_rank() or isinstance(exc, RankFailedError):
+            print(f"error: {one_line(exc)}", file=sys.stderr)
+        else:  # rank 0 found the same; torchrun stops every rank when one exits, so let it speak first
+            import time
+
+            time.sleep(3)
         return exc.exit_code
     except OSError as exc:
         if debug:

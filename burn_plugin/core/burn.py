@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from ..errors import ResumeMismatchError
 from .boundary import BoundaryResult, boundary_distances
 from .config import BurnConfig
+from .distributed import Group, chunk_size, current_group
 from .scores import (PoisonSelection, boundary_score, composite_score, count_of, linear_schedule,
                      prediction_divergence, select)
 from .tensors import Normalize, PixelSpaceModel, predict, set_channels_last
@@ -116,43 +117,66 @@ def poison_scores(frozen: nn.Module, data: BurnData, cfg: BurnConfig, boundary: 
                            batch_size=cfg.boundary_batch_size, seed=cfg.random_seed)
 
 
-def _outputs(model: nn.Module, x, cfg: BurnConfig, device) -> torch.Tensor:
-    logits = predict(model, x, batch_size=cfg.boundary_batch_size, device=device)
+def _outputs(model: nn.Module, x, cfg: BurnConfig, device, group: Group | None = None) -> torch.Tensor:
+    group = group or Group()
+
+    def rows(s: slice) -> dict:
+        return {"logits": predict(model, x[s], batch_size=cfg.boundary_batch_size, device=device)}
+
+    logits = group.map_rows(rows, len(x), chunk_size(cfg.boundary_batch_size))["logits"]
     return F.softmax(logits.double(), dim=1) if cfg.pd_output == "softmax" else logits.double()
 
 
 def analyse_boundary(model: nn.Module, data: BurnData, cfg: BurnConfig, *, device="cpu", progress=None,
-                     cache: BoundaryCache | None = None) -> BoundaryResult:
+                     cache: BoundaryCache | None = None, group: Group | None = None) -> BoundaryResult:
     """l(x), adversarial labels etc. of every training sample on ``model`` (looked up in / stored to
-    ``cache`` if given, keyed by the weights, the images and the settings that shape the result)."""
+    ``cache`` if given, keyed by the weights, the images and the settings that shape the result).
+
+    The set is analysed in chunks of :func:`~burn_plugin.core.distributed.chunk_size` samples, each
+    with its own refilling pool, split over the ranks of ``group`` (rank 0 alone reads and writes the
+    cache; every rank gets the whole result)."""
+    group = group or Group()
     key = None
     if cache is not None:
         settings = (cfg.candidates, cfg.overshoot, cfg.max_iter, cfg.distance_space, cfg.box_aware,
                     tuple(data.mean), tuple(data.std)) + ((cfg.candidate_mode,) if cfg.candidate_mode != "fixed" else ()) \
-            + ((cfg.boundary_method, cfg.search_iter) if cfg.boundary_method != "deepfool" else ())
+            + ((cfg.boundary_method, cfg.search_iter) if cfg.boundary_method != "deepfool" else ()) \
+            + (("chunk", chunk_size(cfg.boundary_batch_size)) if len(data) > chunk_size(cfg.boundary_batch_size) else ())
         key = state_hash(model.state_dict(), data.x, extra=repr(settings))
-        hit = cache.get(key)
+        hit = group.broadcast_object(_cached(cache, key, len(data)) if group.is_main else None)
         if hit is not None:
-            try:
-                res = BoundaryResult(**hit)
-                if len(res) == len(data):
-                    log.info("boundary analysis loaded from cache (%s)", key)
-                    return res
-            except TypeError:  # a cache entry of another shape is recomputed
-                pass
+            log.info("boundary analysis loaded from cache (%s)", key)
+            return hit
     if cfg.distance_space == "pixel":
         attacked, clip, pre = PixelSpaceModel(model, data.mean, data.std, channels_last=_cl(cfg, data)), (0.0, 1.0), None
     else:
         attacked, clip, pre = model, None, Normalize(data.mean, data.std)
     attacked = attacked.to(device)
     x = data.x if pre is None else _NormalizedView(data.x, pre)
-    res = boundary_distances(attacked, x, candidates=cfg.candidates, overshoot=cfg.overshoot, max_iter=cfg.max_iter,
-                             batch_size=cfg.boundary_batch_size, clip=clip, grad_mode=cfg.grad_mode, device=device,
-                             progress=progress, box_aware=cfg.box_aware, candidate_mode=cfg.candidate_mode,
-                             method=cfg.boundary_method, search_iter=cfg.search_iter)
-    if key is not None:
+
+    def rows(s: slice) -> dict:
+        return boundary_distances(attacked, x[s], candidates=cfg.candidates, overshoot=cfg.overshoot,
+                                  max_iter=cfg.max_iter, batch_size=cfg.boundary_batch_size, clip=clip,
+                                  grad_mode=cfg.grad_mode, device=device, progress=progress, box_aware=cfg.box_aware,
+                                  candidate_mode=cfg.candidate_mode, method=cfg.boundary_method,
+                                  search_iter=cfg.search_iter).to_dict()
+
+    res = BoundaryResult(**group.map_rows(rows, len(data), chunk_size(cfg.boundary_batch_size)))
+    if key is not None and group.is_main:
         cache.put(key, res.to_dict())
     return res
+
+
+def _cached(cache: BoundaryCache, key: str, n: int) -> BoundaryResult | None:
+    """The cache's entry under ``key`` if it is a whole analysis of ``n`` samples (else ``None``)."""
+    hit = cache.get(key)
+    if hit is None:
+        return None
+    try:
+        res = BoundaryResult(**hit)
+    except TypeError:  # a cache entry of another shape is recomputed
+        return None
+    return res if len(res) == n else None
 
 
 class _NormalizedView:
@@ -182,7 +206,10 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
     """Run BURN on ``model`` (modified in place and returned in the result, on CPU).
 
     ``evaluate(pixel_space_model) -> dict`` is called after every round for reporting only (its
-    numbers never influence the defense). ``checkpoint`` keeps the state after every round;
+    numbers never influence the defense). Under ``torch.distributed`` (a process group is up) the
+    boundary analysis and the scoring passes are split over the ranks; rank 0 alone fine-tunes (and
+    broadcasts the weights), evaluates, calls ``on_round``, saves checkpoints and shows progress, and
+    its result is the run's (the other ranks return theirs with the same model). ``checkpoint`` keeps the state after every round;
     ``resume`` continues from the state it holds, which must have been made with the same
     result-shaping settings, model and data (else :class:`~burn_plugin.errors.ResumeMismatchError`,
     raised before any work).
@@ -201,6 +228,10 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
         kp, kc = linear_schedule(cfg.k_p0, cfg.k_pT, t, cfg.rounds), linear_schedule(cfg.k_c0, cfg.k_cT, t, cfg.rounds)
         counts.append((kp, kc, count_of(kp, n, "k_p"), count_of(kc, n, "k_c") if t > 0 else 0))
 
+    group = current_group(device)
+    progress = progress and group.is_main
+    if not group.is_main:
+        evaluate = on_round = checkpoint = None
     run_key = result_key(model, data, cfg)
     saved = checkpoint.load() if (resume and checkpoint is not None) else None
     if saved is not None:
@@ -218,20 +249,21 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
 
     t0 = time.time()
     bar = tqdm(total=n, desc="boundary analysis", unit="img", disable=not progress, leave=False)
-    boundary = analyse_boundary(frozen, data, cfg, device=device, progress=bar, cache=cache)
+    boundary = analyse_boundary(frozen, data, cfg, device=device, progress=bar, cache=cache, group=group)
     bar.close()
     timings["boundary_s"] += time.time() - t0
     if (~boundary.converged).any():
         log.warning("%d of %d samples did not cross a boundary within max_iter=%d; their last norm is used",
                     int((~boundary.converged).sum()), n, cfg.max_iter)
     t0 = time.time()
-    bd = poison_scores(frozen, data, cfg, boundary, device=device)
+    # the ranks only need BD's selections on rank 0, which fine-tunes alone
+    bd = poison_scores(frozen, data, cfg, boundary, device=device) if group.is_main else torch.zeros(n, dtype=torch.float64)
     if cfg.detector != "boundary":
         timings["detector_s"] = time.time() - t0
     adv_label = boundary.adv_label
 
     t0 = time.time()
-    frozen_out = _outputs(pixel_frozen, data.x, cfg, device)
+    frozen_out = _outputs(pixel_frozen, data.x, cfg, device, group)
     timings["scoring_s"] += time.time() - t0
 
     history: list[dict] = []
@@ -245,6 +277,9 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
         start_round = ck["round"] + 1
         torch.set_rng_state(ck["torch_rng"])
         log.info("resuming after round %d", ck["round"])
+    if group.sharded:
+        start_round = group.broadcast_object(start_round)
+        group.broadcast_model(model)
 
     # the clean set's BD: the detector's (default) or the paper's l / l_max whatever the detector
     bd_clean = boundary_score(boundary.distance) if cfg.clean_ranking == "boundary" else None
@@ -263,9 +298,9 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
             poison_idx, clean_idx = select(score, n_p, 0)
         else:
             if cfg.distance_model == "current":
-                bd = boundary_score(analyse_boundary(model, data, cfg, device=device).distance)
+                bd = boundary_score(analyse_boundary(model, data, cfg, device=device, group=group).distance)
                 bd_clean = bd if bd_clean is not None else None
-            pd = prediction_divergence(frozen_out, _outputs(pixel_model, data.x, cfg, device))
+            pd = prediction_divergence(frozen_out, _outputs(pixel_model, data.x, cfg, device, group))
             score = composite_score(bd, pd, w)
             poison_idx, clean_idx = select(score, n_p, n_c,
                                            labels=data.y if cfg.clean_selection == "per_label" else None,
@@ -281,18 +316,23 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
         gen = torch.Generator().manual_seed(cfg.random_seed * 1_000_003 + t)
         if cfg.reset_optimizer or opt is None:
             opt = _optimizer(model, cfg)
+        hist = []
         try:
-            hist = train_epochs(pixel_model, data.x[idx], labels, epochs=cfg.epochs, optimizer=opt,
-                                batch_size=cfg.batch_size, device=device, augment_padding=4 if cfg.augment else 0,
-                                hflip=data.hflip and cfg.augment, generator=gen)
+            if group.is_main:
+                hist = train_epochs(pixel_model, data.x[idx], labels, epochs=cfg.epochs, optimizer=opt,
+                                    batch_size=cfg.batch_size, device=device, augment_padding=4 if cfg.augment else 0,
+                                    hflip=data.hflip and cfg.augment, generator=gen)
         except NonFiniteLoss as exc:
             model.load_state_dict(before)
             stopped = (f"{exc}; stopped in round {t} and kept the model of round {t - 1} "
                        f"(lower --lr or check the data)")
             log.error(stopped)
-            timings["finetune_s"] += time.time() - t0
-            break
+        if group.sharded:  # rank 0's weights (and its verdict) for the next scoring pass
+            stopped = group.broadcast_object(stopped)
+            group.broadcast_model(model)
         timings["finetune_s"] += time.time() - t0
+        if stopped:
+            break
         selections.append(sel)
         row = {"round": t, "k_p": kp, "k_c": kc, "w": sel.w, "n_poison": len(poison_idx), "n_clean": len(clean_idx),
                "n_relabelled": int((adv_label[poison_idx] != data.y[poison_idx]).sum()),

@@ -35,6 +35,7 @@ class DefenseSpec:
     fast: tuple = ()                  # command-line settings `burn sweep --fast` adds
     backdoorbench_script: bool = True  # `burn register` installs it into a BackdoorBench checkout
     resume_help: str = "continue an unfinished run from its checkpoint"
+    distributed: bool = False         # splits its work over torchrun's processes (else refuses torchrun)
     #: folder of its YAMLs (``config.yaml``, ``<dataset>.yaml``); None: the packaged ``bb_configs/<name>/``
     yaml_dir: str | None = None
 

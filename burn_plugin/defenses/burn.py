@@ -20,7 +20,7 @@ from . import defense
 log = logging.getLogger("burn")
 
 
-@defense("burn", BurnConfig, label="BURN", uses_clean_data=False,
+@defense("burn", BurnConfig, label="BURN", uses_clean_data=False, distributed=True,
          fast=("--rounds", "5", "--epochs", "2", "--candidates", "3", "--candidate_mode", "adaptive"))
 def run(*, record: AttackRecord, model, config, device, evaluator, out: Path, resume: bool, progress: bool,
           extra: dict) -> dict:

@@ -1,0 +1,111 @@
+"""BURN's per-sample passes split over ``torch.distributed`` ranks (``torchrun --nproc_per_node N``).
+
+The boundary analysis and every scoring pass are per-sample work. The training set is cut into fixed
+*chunks* of ``CHUNK_BATCHES`` boundary batches, whatever the number of ranks; each rank takes a
+contiguous run of whole chunks, processes each chunk on its own (the boundary analysis's refilling
+pool starts and drains inside a chunk), and the rows are gathered in order. A one-process run cuts the
+set into the same chunks, so every sample sees exactly the same batches in both, and the gathered
+result is bit-for-bit the single-process one on any machine where the ranks compute alike (a batch's
+arithmetic depends on its size and contents only, not on which process runs it). Fine-tuning runs on
+rank 0 alone (its sets are a few thousand samples; see :func:`~burn_plugin.core.burn.run_burn`), whose
+weights are then broadcast.
+
+No file I/O, no environment reading: :func:`current_group` only asks ``torch.distributed`` whether a
+process group is up (the defend layer starts it from torchrun's variables).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+#: boundary batches per chunk (4,096 images at the default ``boundary_batch_size`` of 256): small enough
+#: to balance 60,000 images over 8 ranks (15 chunks), large enough that a chunk's pool runs full most
+#: of the time (it drains once per chunk).
+CHUNK_BATCHES = 16
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place among the ranks (``rank`` 0 of 1 when no process group is up)."""
+
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"          # where collectives move tensors (nccl needs them on the GPU)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        return self.world > 1
+
+    def chunk_ranges(self, n: int, chunk: int) -> list[tuple[int, int]]:
+        """The ``(start, stop)`` chunks this rank processes: a contiguous run of whole chunks."""
+        bounds = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+        per, extra = divmod(len(bounds), self.world)
+        first = self.rank * per + min(self.rank, extra)
+        return bounds[first:first + per + (1 if self.rank < extra else 0)]
+
+    def map_rows(self, fn: Callable[[slice], dict], n: int, chunk: int) -> dict:
+        """``fn(slice)`` -> a dict of tensors with one row per sample of the slice, called chunk by chunk
+        on this rank's chunks; returns every sample's rows, in order, on every rank (CPU tensors)."""
+        parts = [fn(slice(a, b)) for a, b in self.chunk_ranges(n, chunk)]
+        if not parts:
+            parts = [{k: v[:0] for k, v in fn(slice(0, 0)).items()}]
+        local = {k: torch.cat([p[k].cpu() for p in parts]) for k in parts[0]}
+        if not self.sharded:
+            return local
+        return {k: self._all_gather_rows(v) for k, v in local.items()}
+
+    def _all_gather_rows(self, t: torch.Tensor) -> torch.Tensor:
+        counts = [torch.zeros(1, dtype=torch.long, device=self.device) for _ in range(self.world)]
+        dist.all_gather(counts, torch.tensor([len(t)], device=self.device))
+        counts = [int(c.item()) for c in counts]
+        width = max(counts)
+        pad = torch.zeros((width - len(t),) + tuple(t.shape[1:]), dtype=t.dtype)
+        mine = torch.cat([t, pad]).to(self.device)
+        if mine.dtype == torch.bool:  # not every backend reduces or gathers bool
+            mine = mine.to(torch.uint8)
+        got = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(got, mine)
+        rows = torch.cat([g[:c].cpu() for g, c in zip(got, counts)])
+        return rows.to(t.dtype)
+
+    def broadcast_model(self, model: nn.Module) -> None:
+        """Rank 0's parameters and buffers, in place, on every rank."""
+        if not self.sharded:
+            return
+        for t in list(model.state_dict().values()):
+            if not isinstance(t, torch.Tensor):
+                continue
+            buf = t.detach().to(self.device)
+            dist.broadcast(buf, src=0)
+            if buf.data_ptr() != t.data_ptr():
+                t.copy_(buf.to(t.device))
+
+    def broadcast_object(self, obj):
+        """Rank 0's ``obj`` (any picklable value) on every rank."""
+        if not self.sharded:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=torch.device(self.device) if self.device != "cpu" else None)
+        return box[0]
+
+
+def current_group(device: str = "cpu") -> Group:
+    """The running process group as a :class:`Group` (one rank of one when none is up)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return Group(rank=dist.get_rank(), world=dist.get_world_size(),
+                     device=device if str(device).startswith("cuda") else "cpu")
+    return Group(device="cpu")
+
+
+def chunk_size(batch_size: int) -> int:
+    """Samples per chunk for a given boundary batch size (a whole number of batches, so that every
+    scoring pass sees the single-process batches)."""
+    return CHUNK_BATCHES * batch_size
