@@ -1,6 +1,7 @@
 """``burn register``, ``burn doctor`` and ``burn sweep`` (imported by :func:`burn_plugin.cli.main` at start-up)."""
 from __future__ import annotations
 
+import shlex
 import sys
 
 from ..settings import flag, subcommand
@@ -62,11 +63,12 @@ cmd_doctor.configure = _bb_root_flag
 def cmd_sweep(args) -> int:
     """See :mod:`burn_plugin.backdoorbench.sweep`."""
     from ..defend import resolve_device
-    from ..errors import BurnError
-    from .sweep import compare_after, plan_sweep, run_sweep, summary_lines
+    from .sweep import plan_sweep, run_sweep, summary_lines
 
     quiet = getattr(args, "quiet", False)
-    device = resolve_device(args.device)
+    # a login node submitting GPU jobs has no GPU itself: with Slurm only the name is checked here
+    device = args.device if args.executor == "slurm" and str(args.device).startswith("cuda") \
+        else resolve_device(args.device)
 
     def progress(msg: str) -> None:
         if not quiet:
@@ -76,12 +78,22 @@ def cmd_sweep(args) -> int:
                       python=args.python, dataset=args.dataset, model=args.model,
                       ratio=0.05 if args.ratio is None else args.ratio, index=args.index, seed=args.random_seed,
                       rerun=args.rerun, trusted=args.trust_record)
+    if args.status or args.executor == "slurm":
+        return _slurm_sweep(args, plan, progress)
     runs = run_sweep(plan, dry_run=args.dry_run, progress=not quiet,
                      say=lambda m: print(m, file=sys.stderr, flush=True))
     if args.dry_run:
         return 0
     print("\n".join(summary_lines(runs)))
     failed = [r for r in runs if r.status != "ok" and r.status != "skipped"]
+    return _compare_at_end(args, plan, progress, failed, len(runs))
+
+
+def _compare_at_end(args, plan, progress, failed: list, n_runs: int) -> int:
+    """The comparison table after a sweep (unless --no-compare); exit status 1 if a run failed."""
+    from ..errors import BurnError
+    from .sweep import compare_after
+
     code = 1 if failed else 0
     if not args.no_compare:
         try:
@@ -94,9 +106,47 @@ def cmd_sweep(args) -> int:
             print(f"error: comparison failed: {exc}", file=sys.stderr)
             code = 1
     if failed:
-        print(f"\n{len(failed)} of {len(runs)} run(s) failed: " + ", ".join(r.label for r in failed)
+        print(f"\n{len(failed)} of {n_runs} run(s) failed: " + ", ".join(r.label for r in failed)
               + " (see above; run the sweep again to retry them, finished runs are skipped)", file=sys.stderr)
     return code
+
+
+def _slurm_sweep(args, plan, progress) -> int:
+    """``--executor slurm``: submit the runs not done as one job array; ``--status``: their states, and
+    the comparison once every run is done."""
+    from . import slurm
+
+    say = (lambda m: print(m, file=sys.stderr, flush=True))
+    opts = slurm.SlurmOptions(partition=args.partition, gpus_per_job=args.gpus_per_job,
+                              cpus_per_job=args.cpus_per_job, time_limit=args.time_limit,
+                              array_parallelism=args.array_parallelism, extra=list(args.slurm_option or []))
+    again = " ".join(shlex.quote(a) for a in sys.argv[1:] if a not in ("--status", "--rerun"))
+    if args.status:
+        rows = slurm.run_states(plan)
+        print("| attack | defense | state | detail |\n|---|---|---|---|")
+        for run, state, detail in rows:
+            print(f"| {run.attack.name} | {run.defense} | {state} | {detail or '–'} |")
+        counts = {s: sum(1 for _, st, _ in rows if st == s) for s in ("done", "queued", "running", "failed",
+                                                                       "not submitted")}
+        print("\n" + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+        failed = [r for r, st, _ in rows if st == "failed"]
+        if counts["done"] < len(rows):
+            if failed or counts["not submitted"]:
+                say(f"run `burn {again}` without --status to submit the failed and unsubmitted runs again")
+            return 1 if failed else 0
+        return _compare_at_end(args, plan, progress, [], len(rows))
+    if args.dry_run:
+        opts.check()
+        print(slurm.sbatch_script(plan.root / "record" / ".sweep_slurm" / "<timestamp>" / "manifest.json",
+                                  max(1, sum(1 for r in plan.runs if r.action == "run")), opts))
+        return 0
+    job, runs = slurm.submit(plan, opts, say=say)
+    if job is None:
+        say("nothing to submit: every run is done or still in the queue")
+    else:
+        say(f"submitted {len(runs)} run(s) as Slurm job array {job}; `burn {again} --status` shows their states "
+            f"and writes the comparison once all are done")
+    return 0
 
 
 def _configure_sweep(p) -> None:
@@ -130,6 +180,18 @@ def _configure_sweep(p) -> None:
     flag(p, "no_reevaluate", action="store_true", help="compare from the defenses' summary CSVs only (fast)")
     flag(p, "no_plots", action="store_true", help="comparison tables only, no plots")
     p.add_argument("--out", default=None, help="folder for the comparison (default <bb-root>/record/comparison)")
+    g = p.add_argument_group("running on a cluster (Slurm)")
+    g.add_argument("--executor", choices=("local", "slurm"), default="local", help="local: one run after another "
+                   "here (default); slurm: submit every run not done as one task of a Slurm job array (sbatch)")
+    g.add_argument("--status", action="store_true", help="with Slurm: each run's state (done / queued / running / "
+                   "failed / not submitted) from the result files and squeue; the comparison once all are done")
+    g.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's default)")
+    g.add_argument("--gpus-per-job", type=int, default=0, help="GPUs per run (--gres=gpu:N; default 0)")
+    g.add_argument("--cpus-per-job", type=int, default=None, help="CPU cores per run (--cpus-per-task)")
+    g.add_argument("--time-limit", default="4:00:00", help="wall-clock limit per run (default 4:00:00)")
+    g.add_argument("--array-parallelism", type=int, default=None, help="at most this many runs at once (%%N)")
+    g.add_argument("--slurm-option", action="append", default=None, metavar="--OPT=VALUE",
+                   help="a further sbatch option for every run, e.g. --slurm-option=--account=lab (repeatable)")
 
 
 cmd_sweep.configure = _configure_sweep
