@@ -170,6 +170,17 @@ def rewrite_pickle_in_pt(path: Path, old: bytes, new: bytes) -> int:
     return count
 
 
+#: the devices a device-taking test runs on: always the CPU, and CUDA where a GPU is present
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                               reason="no CUDA GPU here"))]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """``cpu``, and ``cuda`` where present (the same assertions on both)."""
+    return request.param
+
+
 @pytest.fixture
 def hand_record(tmp_path):
     """A disk-mode hand-built record under ``tmp_path/BB``."""

@@ -41,12 +41,13 @@ def test_two_class_distance_is_w_x_plus_b_over_norm_w():
 @pytest.mark.parametrize("grad_mode", ["loop", "batched"])
 @pytest.mark.parametrize("overshoot", [0.0, 0.02])
 @pytest.mark.parametrize("candidate_mode", ["fixed", "adaptive"])
-def test_multiclass_distance_and_class_match_closed_form(grad_mode, overshoot, candidate_mode):
+def test_multiclass_distance_and_class_match_closed_form(grad_mode, overshoot, candidate_mode, device):
     model = affine(7, seed=2)
     x = torch.randn(257, 3, 4, 4, dtype=torch.float64)
     dist, kstar, k0 = closed_form(model, x)
-    res = boundary_distances(model, x, clip=None, overshoot=overshoot, batch_size=50, grad_mode=grad_mode,
-                             candidate_mode=candidate_mode)
+    res = boundary_distances(model.to(device), x, clip=None, overshoot=overshoot, batch_size=50, grad_mode=grad_mode,
+                             candidate_mode=candidate_mode, device=device)
+    assert res.distance.device.type == "cpu"  # results come back on the CPU whatever the device
     rel = ((res.distance.double() / (1 + overshoot) - dist) / dist).abs()
     assert rel.max() < 0.01
     assert bool((res.adv_label == kstar).all())

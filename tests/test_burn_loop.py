@@ -57,17 +57,17 @@ def test_selection_sizes_follow_the_schedule_and_phase1_ranks_by_distance(small_
     assert res.history[0]["n_relabelled"] == int((res.boundary.adv_label[s0] != data.y[s0]).sum())
 
 
-def test_same_seed_same_device_gives_identical_scores_selections_and_weights(small_problem, reference_run):
+def test_same_seed_same_device_gives_identical_scores_selections_and_weights(small_problem, reference_run, device):
     model, data = small_problem
-    a = reference_run
-    b = run_burn(copy.deepcopy(model), data, cfg(), progress=False)
+    a = reference_run if device == "cpu" else run_burn(copy.deepcopy(model), data, cfg(), progress=False, device=device)
+    b = run_burn(copy.deepcopy(model), data, cfg(), progress=False, device=device)
     assert torch.equal(a.boundary.distance, b.boundary.distance)
     assert torch.equal(a.final_score, b.final_score)
     for sa, sb in zip(a.selections, b.selections):
         assert torch.equal(sa.poison, sb.poison) and torch.equal(sa.clean, sb.clean)
     for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert ka == kb and torch.equal(va, vb), ka
-    c = run_burn(copy.deepcopy(model), data, cfg(random_seed=1), progress=False)
+    c = run_burn(copy.deepcopy(model), data, cfg(random_seed=1), progress=False, device=device)
     assert any(not torch.equal(va, vc) for va, vc in zip(a.model.state_dict().values(), c.model.state_dict().values()))
 
 

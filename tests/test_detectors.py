@@ -77,9 +77,9 @@ def test_registry_lists_the_detectors():
 
 @pytest.mark.parametrize("share", SHARES)
 @pytest.mark.parametrize("name", ["boundary", "spectral", "activation_clustering", "scan", "combined"])
-def test_detector_ranks_planted_group_first(name, share):
+def test_detector_ranks_planted_group_first(name, share, device):
     x, y, l, _, poison = planted(share)
-    s = detector_scores(name, tiny_model(), x, y, mean=MEAN, std=STD, boundary_distance=l)
+    s = detector_scores(name, tiny_model().to(device), x, y, mean=MEAN, std=STD, boundary_distance=l, device=device)
     check_scores(s, len(y))
     assert auroc(poison, s) >= BAR
 
