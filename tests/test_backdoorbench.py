@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,31 @@ def test_script_writes_every_backdoorbench_file(burn_run):
     assert run["config"]["lr"] == 5e-5  # from the YAML: not given on the command line
     assert {"device", "dataset", "rounds"} <= set(run["command_line_settings"])
     assert "amp" in run["ignored_keys"]
+
+
+def test_the_entry_script_under_torchrun_gives_the_one_process_result(bb_root, burn_run):
+    """``torchrun --nproc_per_node 2 defense/burn.py ...``: two gloo processes, 4-image boundary batches
+    (64-image chunks, so the 100 images split over the ranks), against one process with the same settings."""
+    split = ["--boundary_batch_size", "4", "--random_seed", "1"]
+    args = ["--attack_folder", "badnet_0_1", "--dataset", "mnist", "--yaml_path", CONFIG, *FAST, *split]
+    one = run_script(bb_root, *args, "--output_dir", "record/badnet_0_1/defense/burn_one")
+    assert one.returncode == 0, one.stderr
+    cache = bb_root / "record" / "badnet_0_1" / "defense" / ".burn_cache"
+    for f in cache.iterdir():
+        f.unlink()
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "defense/burn.py", *args, "--output_dir", "record/badnet_0_1/defense/burn_two"],
+                         cwd=bb_root, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = np.load(bb_root / "record" / "badnet_0_1" / "defense" / "burn_one" / "scores.npz")
+    b = np.load(bb_root / "record" / "badnet_0_1" / "defense" / "burn_two" / "scores.npz")
+    assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    wa, wb = (torch.load(bb_root / "record" / "badnet_0_1" / "defense" / d / "defense_result.pt",
+                         weights_only=True)["model"] for d in ("burn_one", "burn_two"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    run = json.loads((bb_root / "record" / "badnet_0_1" / "defense" / "burn_two" / "run.json").read_text())
+    assert run["entry"] == "backdoorbench"
 
 
 def test_defense_result_loads_into_the_record_model(burn_run):

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from burn_plugin.core.distributed import CHUNK_BATCHES, Group, chunk_size
+from burn_plugin.core.distributed import CHUNKS, MIN_CHUNK_BATCHES, Group, chunk_size
 
 
 @settings(max_examples=200, deadline=None)
@@ -36,11 +36,21 @@ def test_one_process_rows_are_the_chunks_rows_in_order():
     rows = Group().map_rows(fn, 10, 4)
     assert calls == [(0, 4), (4, 8), (8, 10)]
     assert torch.equal(rows["i"], torch.arange(10)) and rows["b"].dtype == torch.bool
-    assert chunk_size(8) == 8 * CHUNK_BATCHES
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(1, 200_000), batch=st.integers(1, 1024))
+def test_chunks_are_whole_batches_about_a_sixteenth_of_the_set(n, batch):
+    c = chunk_size(batch, n)
+    assert c % batch == 0 and c >= MIN_CHUNK_BATCHES * batch
+    n_chunks = -(-n // c)
+    assert n_chunks <= CHUNKS  # never more than CHUNKS chunks ...
+    if c > MIN_CHUNK_BATCHES * batch:  # ... and, unless the minimum decides, one batch less per chunk would need more
+        assert -(-n // (c - batch)) > CHUNKS
 
 
 ARGS = ["--method", "burn", "--rounds", "2", "--epochs", "1", "--candidates", "3", "-q",
-        # 16 x 8 = 128 images per chunk: the 200-image record is two chunks, one per rank
+        # 4 x 8 = 32 images per chunk: the 200-image record is 7 chunks, 4 on rank 0 and 3 on rank 1
         "--boundary_batch_size", "8"]
 
 

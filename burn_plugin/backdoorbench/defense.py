@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.records import record_dataset, resolve_attack_folder
-from ..errors import BadInputError, run_reporting_errors
+from ..errors import BadInputError, quiet_rank, run_reporting_errors
 from ..settings import (IGNORED_BB_KEYS, RUN_KEYS, OneLineErrorParser, add_algorithm_flags, flag, merge_settings,
                         resolve_yaml)
 
@@ -199,7 +199,7 @@ class Burn:
         """A one-line header on stdout (warnings go to stderr). The log file ``log/<timestamp>.log`` and
         ``run.json`` (every merged setting) are written by the run itself, so one run is one log file."""
         self.logger = logging.getLogger("burn.backdoorbench")
-        if not self.cli.get("quiet"):
+        if not self.cli.get("quiet") and not quiet_rank():  # under torchrun, rank 0 alone
             over = f" + {len(self.cli_overrides)} command-line setting(s)" if self.cli_overrides else ""
             print(f"{self.name}: {self.attack_folder} with {self.yaml_path or 'built-in defaults'}{over} on "
                   f"{self.run_options.get('device') or 'cpu'} -> {self.save_path}", flush=True)
@@ -309,7 +309,9 @@ def main(argv=None, cls: type | None = None, method: str | None = None) -> int:
             raise BadInputError("no record given; pass --attack_folder NAME (a folder under record/, or a path)")
         from ..defend import print_summary
 
-        print_summary(make_defense_class(cls=cls)(args).defense())
+        summary = make_defense_class(cls=cls)(args).defense()
+        if summary is not None:  # torchrun's other ranks leave the summary to rank 0
+            print_summary(summary)
         return 0
     return run_reporting_errors(run, debug=args.debug)
 

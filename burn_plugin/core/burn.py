@@ -123,7 +123,7 @@ def _outputs(model: nn.Module, x, cfg: BurnConfig, device, group: Group | None =
     def rows(s: slice) -> dict:
         return {"logits": predict(model, x[s], batch_size=cfg.boundary_batch_size, device=device)}
 
-    logits = group.map_rows(rows, len(x), chunk_size(cfg.boundary_batch_size))["logits"]
+    logits = group.map_rows(rows, len(x), chunk_size(cfg.boundary_batch_size, len(x)))["logits"]
     return F.softmax(logits.double(), dim=1) if cfg.pd_output == "softmax" else logits.double()
 
 
@@ -136,12 +136,13 @@ def analyse_boundary(model: nn.Module, data: BurnData, cfg: BurnConfig, *, devic
     with its own refilling pool, split over the ranks of ``group`` (rank 0 alone reads and writes the
     cache; every rank gets the whole result)."""
     group = group or Group()
+    chunk = chunk_size(cfg.boundary_batch_size, len(data))
     key = None
     if cache is not None:
         settings = (cfg.candidates, cfg.overshoot, cfg.max_iter, cfg.distance_space, cfg.box_aware,
                     tuple(data.mean), tuple(data.std)) + ((cfg.candidate_mode,) if cfg.candidate_mode != "fixed" else ()) \
             + ((cfg.boundary_method, cfg.search_iter) if cfg.boundary_method != "deepfool" else ()) \
-            + (("chunk", chunk_size(cfg.boundary_batch_size)) if len(data) > chunk_size(cfg.boundary_batch_size) else ())
+            + (("chunk", chunk) if len(data) > chunk else ())
         key = state_hash(model.state_dict(), data.x, extra=repr(settings))
         hit = group.broadcast_object(_cached(cache, key, len(data)) if group.is_main else None)
         if hit is not None:
@@ -161,7 +162,7 @@ def analyse_boundary(model: nn.Module, data: BurnData, cfg: BurnConfig, *, devic
                                   candidate_mode=cfg.candidate_mode, method=cfg.boundary_method,
                                   search_iter=cfg.search_iter).to_dict()
 
-    res = BoundaryResult(**group.map_rows(rows, len(data), chunk_size(cfg.boundary_batch_size)))
+    res = BoundaryResult(**group.map_rows(rows, len(data), chunk))
     if key is not None and group.is_main:
         cache.put(key, res.to_dict())
     return res
@@ -206,13 +207,15 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
     """Run BURN on ``model`` (modified in place and returned in the result, on CPU).
 
     ``evaluate(pixel_space_model) -> dict`` is called after every round for reporting only (its
-    numbers never influence the defense). Under ``torch.distributed`` (a process group is up) the
-    boundary analysis and the scoring passes are split over the ranks; rank 0 alone fine-tunes (and
-    broadcasts the weights), evaluates, calls ``on_round``, saves checkpoints and shows progress, and
-    its result is the run's (the other ranks return theirs with the same model). ``checkpoint`` keeps the state after every round;
+    numbers never influence the defense). ``checkpoint`` keeps the state after every round;
     ``resume`` continues from the state it holds, which must have been made with the same
     result-shaping settings, model and data (else :class:`~burn_plugin.errors.ResumeMismatchError`,
     raised before any work).
+
+    Under ``torch.distributed`` (a process group is up) the boundary analysis and the scoring passes
+    are split over the ranks (:mod:`~burn_plugin.core.distributed`); rank 0 alone selects, fine-tunes
+    and broadcasts the weights, evaluates, calls ``on_round``, saves checkpoints and shows progress.
+    Its result is the run's; the other ranks return the same model.
     """
     from tqdm.auto import tqdm
 
@@ -248,7 +251,9 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
     pixel_frozen = PixelSpaceModel(frozen, data.mean, data.std, channels_last=cl).to(device)
 
     t0 = time.time()
-    bar = tqdm(total=n, desc="boundary analysis", unit="img", disable=not progress, leave=False)
+    mine = sum(b - a for a, b in group.chunk_ranges(n, chunk_size(cfg.boundary_batch_size, n)))  # rank 0's share
+    bar = tqdm(total=mine, desc="boundary analysis" + (f" (rank 0 of {group.world})" if group.sharded else ""),
+               unit="img", disable=not progress, leave=False)
     boundary = analyse_boundary(frozen, data, cfg, device=device, progress=bar, cache=cache, group=group)
     bar.close()
     timings["boundary_s"] += time.time() - t0
@@ -256,7 +261,7 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
         log.warning("%d of %d samples did not cross a boundary within max_iter=%d; their last norm is used",
                     int((~boundary.converged).sum()), n, cfg.max_iter)
     t0 = time.time()
-    # the ranks only need BD's selections on rank 0, which fine-tunes alone
+    # only rank 0 selects (it fine-tunes alone), so only it needs BD
     bd = poison_scores(frozen, data, cfg, boundary, device=device) if group.is_main else torch.zeros(n, dtype=torch.float64)
     if cfg.detector != "boundary":
         timings["detector_s"] = time.time() - t0

@@ -1,7 +1,8 @@
 """BURN's per-sample passes split over ``torch.distributed`` ranks (``torchrun --nproc_per_node N``).
 
 The boundary analysis and every scoring pass are per-sample work. The training set is cut into fixed
-*chunks* of ``CHUNK_BATCHES`` boundary batches, whatever the number of ranks; each rank takes a
+*chunks* of whole boundary batches (:func:`chunk_size`: about ``CHUNKS`` of them, each at least
+``MIN_CHUNK_BATCHES`` batches), whatever the number of ranks; each rank takes a
 contiguous run of whole chunks, processes each chunk on its own (the boundary analysis's refilling
 pool starts and drains inside a chunk), and the rows are gathered in order. A one-process run cuts the
 set into the same chunks, so every sample sees exactly the same batches in both, and the gathered
@@ -22,10 +23,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-#: boundary batches per chunk (4,096 images at the default ``boundary_batch_size`` of 256): small enough
-#: to balance 60,000 images over 8 ranks (15 chunks), large enough that a chunk's pool runs full most
-#: of the time (it drains once per chunk).
-CHUNK_BATCHES = 16
+#: chunks per training set: whole chunks go to the ranks, so 16 balance 2, 4, 8 or 16 ranks evenly
+CHUNKS = 16
+#: a chunk's refilling pool drains once at its end; at least 4 batches keep it full most of the time
+MIN_CHUNK_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,10 @@ def current_group(device: str = "cpu") -> Group:
     return Group(device="cpu")
 
 
-def chunk_size(batch_size: int) -> int:
-    """Samples per chunk for a given boundary batch size (a whole number of batches, so that every
-    scoring pass sees the single-process batches)."""
-    return CHUNK_BATCHES * batch_size
+def chunk_size(batch_size: int, n: int) -> int:
+    """Samples per chunk of an ``n``-sample set: a whole number of boundary batches (so every scoring
+    pass sees the one-process batches), about ``n / CHUNKS``, at least ``MIN_CHUNK_BATCHES`` batches.
+    It depends on ``n`` and the batch size only, never on the number of ranks (3,840 images for
+    60,000 at the default 256)."""
+    n_batches = -(-max(n, 1) // batch_size)
+    return batch_size * max(MIN_CHUNK_BATCHES, -(-n_batches // CHUNKS))
