@@ -107,6 +107,7 @@ def _cli(argv) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(argv)
+    print(f"$ burn {' '.join(a for a in argv if '/' not in a)}  -> exit {code}\n{err.getvalue()}{out.getvalue()}")
     return code, out.getvalue(), err.getvalue()
 
 

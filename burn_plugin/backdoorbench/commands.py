@@ -1,7 +1,6 @@
 """``burn register``, ``burn doctor`` and ``burn sweep`` (imported by :func:`burn_plugin.cli.main` at start-up)."""
 from __future__ import annotations
 
-import shlex
 import sys
 
 from ..settings import flag, subcommand
@@ -120,7 +119,6 @@ def _slurm_sweep(args, plan, progress) -> int:
     opts = slurm.SlurmOptions(partition=args.partition, gpus_per_job=args.gpus_per_job,
                               cpus_per_job=args.cpus_per_job, time_limit=args.time_limit,
                               array_parallelism=args.array_parallelism, extra=list(args.slurm_option or []))
-    again = " ".join(shlex.quote(a) for a in sys.argv[1:] if a not in ("--status", "--rerun"))
     if args.status:
         rows = slurm.run_states(plan)
         print("| attack | defense | state | detail |\n|---|---|---|---|")
@@ -132,7 +130,8 @@ def _slurm_sweep(args, plan, progress) -> int:
         failed = [r for r, st, _ in rows if st == "failed"]
         if counts["done"] < len(rows):
             if failed or counts["not submitted"]:
-                say(f"run `burn {again}` without --status to submit the failed and unsubmitted runs again")
+                say("run the same `burn sweep ... --executor slurm` (without --status) to submit the failed and "
+                    "unsubmitted runs again")
             return 1 if failed else 0
         return _compare_at_end(args, plan, progress, [], len(rows))
     if args.dry_run:
@@ -144,8 +143,8 @@ def _slurm_sweep(args, plan, progress) -> int:
     if job is None:
         say("nothing to submit: every run is done or still in the queue")
     else:
-        say(f"submitted {len(runs)} run(s) as Slurm job array {job}; `burn {again} --status` shows their states "
-            f"and writes the comparison once all are done")
+        say(f"submitted {len(runs)} run(s) as Slurm job array {job}; the same `burn sweep ...` with --status shows "
+            f"their states and writes the comparison once all are done")
     return 0
 
 
