@@ -250,6 +250,7 @@ def _defend_main(record, model, method, config, device, out, model_name, resume,
         summary = {
             "method": method, "record": str(record.folder), "attack": record.settings.get("attack"),
             "dataset": record.dataset, "model": model_name or record.model_name, "device": device,
+            "processes": torchrun_world(),
             "config": config.to_dict() if hasattr(config, "to_dict") else config,
             "before": before, "after": after, "wall_seconds": time.time() - started,
             "timings": outcome.get("timings", {}), "versions": versions(), "command": sys.argv,

@@ -2,6 +2,7 @@
 torchrun against the one-process run on the same record (equal scores.npz and final weights)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -91,7 +92,8 @@ def test_two_gloo_processes_give_the_one_process_result(record_copy, tmp_path):
     w0 = torch.load(folder / "attack_result.pt", weights_only=False)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert any(not torch.equal(wa[k], w0[k]) for k in wa if wa[k].is_floating_point())  # fine-tuning did move them
-    assert not (tmp_path / "two" / "log").exists() or len(list((tmp_path / "two" / "log").iterdir())) == 1
+    assert len(list((tmp_path / "two" / "log").iterdir())) == 1  # rank 0's log only
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
 
 
 def test_a_defense_that_cannot_split_stops_every_rank_with_one_error_line(record_copy, tmp_path):
