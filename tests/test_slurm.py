@@ -78,6 +78,7 @@ def cluster(tmp_path_factory):
         f"NodeName={host} CPUs={os.cpu_count() or 1} State=UNKNOWN",
         "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
     env = dict(os.environ, SLURM_CONF=str(conf))
+    started = time.time()
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(conf)  # sbatch and squeue, called by the sweep, read it
     try:
@@ -93,14 +94,47 @@ def cluster(tmp_path_factory):
                         f"logs in {d / 'log'}")
         yield d
     finally:
-        subprocess.run(["scancel", "--user=root"], env=env, capture_output=True)
-        for pid_file in (d / "slurmd.pid", d / "slurmctld.pid", d / "munge" / "munged.pid"):
-            with contextlib.suppress(OSError, ValueError):
-                os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+        _stop_cluster(d, env, started)
         if old is None:
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = old
+
+
+def _stop_cluster(d: Path, env: dict, started: float) -> None:
+    """Cancel the jobs, stop the daemons (SIGTERM, then SIGKILL after 10 s), and kill the job-step
+    daemons (slurmstepd) this cluster started: one left waiting for a stopped controller lives on."""
+    subprocess.run(["scancel", "--user=root"], env=env, capture_output=True)
+    pids = []
+    for pid_file in (d / "slurmd.pid", d / "slurmctld.pid", d / "munge" / "munged.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.append(int(pid_file.read_text().split()[0]))
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    age = time.time() - started + 1
+    steps = subprocess.run(["ps", "-eo", "pid=,etimes=,comm="], capture_output=True, text=True).stdout.split("\n")
+    for line in steps:
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == "slurmstepd" and int(parts[1]) <= age:
+            pids.append(int(parts[0]))
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _cli(argv) -> tuple[int, str, str]:
