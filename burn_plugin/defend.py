@@ -38,7 +38,8 @@ import torch
 from .bench.metrics import METRIC_COLUMNS, as_metric_row, evaluate, summarize
 from .bench.records import AttackRecord, load_record
 from .core.tensors import PixelSpaceModel
-from .errors import BurnError, ConfigError, OutputExistsError, OutputNotWritableError, RankFailedError
+from .errors import (BurnError, ConfigError, OutputExistsError, OutputNotWritableError, RankFailedError,
+                     torchrun_world)
 from .fileio import FileCheckpoint, save_csv, save_json, save_torch, writable_folder
 
 log = logging.getLogger("burn")
@@ -57,15 +58,6 @@ def resolve_device(device: str | None) -> str:
     if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
         raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
     return device
-
-
-def torchrun_world() -> int:
-    """How many processes ``torchrun`` started this run with (1 outside torchrun)."""
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
-    except ValueError:
-        raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number; start the run with "
-                          f"torchrun, or unset WORLD_SIZE") from None
 
 
 def rank_device(device: str) -> str:

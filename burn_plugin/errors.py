@@ -81,10 +81,22 @@ class RankFailedError(BurnError):
     """One process of a ``torchrun`` run failed; ``torchrun`` then stops the others."""
 
 
+def torchrun_world() -> int:
+    """How many processes ``torchrun`` started this run with (1 outside torchrun)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    except ValueError:
+        raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number; start the run with "
+                          f"torchrun, or unset WORLD_SIZE") from None
+
+
 def quiet_rank() -> bool:
     """True in every process but the first of a multi-process ``torchrun`` run: the input errors that
     every rank finds alike are reported once, by rank 0 (a :class:`RankFailedError` by its own rank)."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("RANK", "0") != "0"
+    try:
+        return torchrun_world() > 1 and os.environ.get("RANK", "0") != "0"
+    except ConfigError:  # reporting that very error: every rank says it
+        return False
 
 
 #: errno values that mean "the path you gave is wrong" (exit 2), not "the machine failed" (exit 1)

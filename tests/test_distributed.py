@@ -72,14 +72,17 @@ def record_copy(trained_record, tmp_path):
     return folder, str(trained_record.parent.parent / "data")
 
 
-def test_two_gloo_processes_give_the_one_process_result(record_copy, tmp_path):
+# (processes, boundary batch): 7 chunks over 2 ranks; one 256-image chunk over 3 ranks (two get none)
+@pytest.mark.parametrize("nproc, batch", [(2, "8"), (3, "64")])
+def test_gloo_processes_give_the_one_process_result(record_copy, tmp_path, nproc, batch):
     folder, data = record_copy
-    one = subprocess.run([sys.executable, "-m", "burn_plugin", "defend", "--attack_folder", str(folder), *ARGS,
+    args = ARGS[:-1] + [batch]
+    one = subprocess.run([sys.executable, "-m", "burn_plugin", "defend", "--attack_folder", str(folder), *args,
                           "--dataset_path", data, "--output_dir", str(tmp_path / "one")],
                          capture_output=True, text=True, env=_env(), timeout=600)
     assert one.returncode == 0, one.stderr
     shutil.rmtree(folder / "defense" / ".burn_cache")  # the two-process run must analyse, not read the cache
-    two = _torchrun(2, "defend", "--attack_folder", str(folder), *ARGS, "--dataset_path", data,
+    two = _torchrun(nproc, "defend", "--attack_folder", str(folder), *args, "--dataset_path", data,
                     "--output_dir", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("burn on ") == 1  # rank 0 alone prints the summary
@@ -93,7 +96,7 @@ def test_two_gloo_processes_give_the_one_process_result(record_copy, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert any(not torch.equal(wa[k], w0[k]) for k in wa if wa[k].is_floating_point())  # fine-tuning did move them
     assert len(list((tmp_path / "two" / "log").iterdir())) == 1  # rank 0's log only
-    assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == nproc
 
 
 def test_a_defense_that_cannot_split_stops_every_rank_with_one_error_line(record_copy, tmp_path):

@@ -64,9 +64,11 @@ class Group:
         return {k: self._all_gather_rows(v) for k, v in local.items()}
 
     def _all_gather_rows(self, t: torch.Tensor) -> torch.Tensor:
-        counts = [torch.zeros(1, dtype=torch.long, device=self.device) for _ in range(self.world)]
-        dist.all_gather(counts, torch.tensor([len(t)], device=self.device))
-        counts = [int(c.item()) for c in counts]
+        metas: list = [None] * self.world
+        dist.all_gather_object(metas, (len(t), tuple(t.shape[1:])))
+        counts = [m[0] for m in metas]
+        if len(t) == 0:  # a rank without chunks (more ranks than chunks) takes the others' row shape
+            t = t.reshape((0,) + next((m[1] for m in metas if m[0]), tuple(t.shape[1:])))
         width = max(counts)
         pad = torch.zeros((width - len(t),) + tuple(t.shape[1:]), dtype=t.dtype)
         mine = torch.cat([t, pad]).to(self.device)
