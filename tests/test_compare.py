@@ -587,3 +587,9 @@ def test_burn_settings_name_the_run_alike_on_every_attack():
                       set()) == "burn[scan, per_label]"
     assert table_name("burn", {"method": "burn", "config": {"detector": "boundary"}}, set()) == "burn"
     assert table_name("f", run, {"burn[spectral, clean by boundary]"}) == "f[spectral, clean by boundary]"
+    ulrl = {"method": "ulrl", "config": {"clean_source": "burn"}}
+    assert table_name("ulrl_on_burn", ulrl, set()) == "ulrl[on burn]"
+    assert table_name("u2", {"method": "ulrl", "config": {"clean_source": "burn_balanced"}},
+                      set()) == "ulrl[on burn, balanced]"
+    assert table_name("ulrl", {"method": "ulrl", "config": {"clean_source": "clean_train"}}, set()) == "ulrl"
+    assert table_name("u3", ulrl, {"ulrl[on burn]"}) == "u3[on burn]"

@@ -119,8 +119,12 @@ def table_name(folder_name: str, run: dict, taken: set) -> str:
     """A defense's name in the table: its folder's, or for BURN run with other than the paper's ranking
     and clean set (``run.json`` says which) the method with those settings, e.g. ``burn[spectral]``,
     ``burn[scan, per_label]``, ``burn[spectral, clean by boundary]``, so that one configuration has one
-    name on every attack (the folder name is kept when two folders of one attack would share a name)."""
+    name on every attack (the folder name is kept when two folders of one attack would share a name).
+    ULRL trained on BURN's selection instead of clean data is ``ulrl[on burn]`` (``[on burn, balanced]``)."""
     config = run.get("config") if isinstance(run.get("config"), dict) else {}
+    if run.get("method") == "ulrl" and config.get("clean_source") in ("burn", "burn_balanced"):
+        label = "ulrl[on burn" + (", balanced]" if config["clean_source"] == "burn_balanced" else "]")
+        return label if label not in taken else f"{folder_name}[on {config['clean_source']}]"
     detector = config.get("detector", "boundary")
     parts = [detector] if isinstance(detector, str) and detector != "boundary" else []
     if config.get("clean_selection", "global") == "per_label":
