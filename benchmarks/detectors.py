@@ -21,6 +21,7 @@ For every record and every detector in ``--detectors`` (default: all of ``core/d
     python benchmarks/detectors.py --record record/badnet_fm --record record/blended_fm \\
         [--detectors boundary,activation_clustering] [--defend] [--boundary-variants 2000] \\
         [--set eval_every_round=false] [--json out.json] [--markdown out.md]
+    python benchmarks/detectors.py --from-json badnet.json --from-json blended.json --markdown all.md
 
 The boundary analysis is cached in ``<record>/defense/.burn_cache`` (as ``burn defend`` caches it),
 so a second run, and the ``--defend`` runs, reuse it.
@@ -50,6 +51,9 @@ def parse_args(argv):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None, help="write every number here")
     ap.add_argument("--markdown", default=None, help="write the table here")
+    ap.add_argument("--from-json", action="append", default=[], metavar="FILE",
+                    help="measure nothing: print (and with --markdown write) the tables of earlier --json files, "
+                    "one after another (repeatable)")
     return ap.parse_args(argv)
 
 
@@ -202,6 +206,12 @@ def markdown(results: list[dict]) -> str:
                          f"({r['boundary_seconds']:.0f}) |")
         if r.get("oracle"):
             lines.append(f"| {name} | oracle (diagnostic) | 1 / 1 | 1 / - | {pct(r['oracle'].get('after'))} | |")
+    variants = [(r["record"].rstrip("/").split("/")[-1], v) for r in results for v in r.get("boundary_variants", [])]
+    if variants:
+        lines += ["", "| record | boundary analysis | samples | AUROC of l(x) | not converged | s / 1000 images |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {v['variant']} | {v['samples']} | {v['auroc_poison']:.3f} | {v['not_converged']} | "
+                  f"{v['seconds_per_1000']:.1f} |" for name, v in variants]
     return "\n".join(lines) + "\n"
 
 
@@ -212,6 +222,19 @@ def main(argv=None) -> int:
     from burn_plugin.core.detectors import list_detectors
     from burn_plugin.errors import ConfigError
 
+    if args.from_json:
+        results = []
+        for path in args.from_json:
+            try:
+                with open(path) as f:
+                    loaded = json.load(f)
+                if not (isinstance(loaded, list) and all(isinstance(r, dict) and "detectors" in r for r in loaded)):
+                    raise ValueError("not a list of records with their detectors")
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"--from-json {path}: cannot read it as this script's --json output ({exc}); "
+                                  f"give a file written by --json") from None
+            results += loaded
+        return _write_tables(results, args)
     records = [require_record_argument(r) for r in (args.record or [None])]
     values = {k.strip(): v.strip() for k, v in (item.partition("=")[::2] for item in args.set)}
     cfg = BurnConfig.from_mapping(values, source="--set")
@@ -220,11 +243,15 @@ def main(argv=None) -> int:
     if unknown:
         raise ConfigError(f"unknown detector(s) {', '.join(unknown)}; choose from {', '.join(list_detectors())}")
     results = [measure_record(r, args, cfg, names) for r in records]
-    table = markdown(results)
-    print("\n" + table)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+    return _write_tables(results, args)
+
+
+def _write_tables(results: list[dict], args) -> int:
+    table = markdown(results)
+    print("\n" + table)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table)

@@ -115,3 +115,9 @@ def test_detectors_benchmark(hand_record, tmp_path, capsys):
     assert [v["variant"].split()[0] for v in r["boundary_variants"]] == ["box_aware=True", "box_aware=False",
                                                                          "superdeepfool"]
     assert "| oracle (diagnostic) |" in md.read_text()
+    assert md.read_text().count("| box_aware=") == 2 and "| superdeepfool max_iter=3 | 12 |" in md.read_text()
+    # the tables again from the JSON, twice over: nothing measured, every row of both copies
+    again = tmp_path / "again.md"
+    assert dt.main(["--from-json", str(out), "--from-json", str(out), "--markdown", str(again)]) == 0
+    assert again.read_text().count("| superdeepfool") == 2
+    assert again.read_text().count("| oracle (diagnostic) |") == 2
