@@ -77,14 +77,16 @@ def main(argv=None) -> int:
               f"{time.time() - t0:.0f} s")
         rows = []
         for h, sel in zip(res.history, res.selections):
-            row = {"round": h["round"], "test_acc": h["test_acc"], "test_asr": h["test_asr"], "test_ra": h["test_ra"],
+            # with eval_every_round false only the last round has test metrics (None in the others)
+            row = {"round": h["round"], **{k: h.get(k) for k in ("test_acc", "test_asr", "test_ra")},
                    "relabelled_poison_share": float(poison[sel.poison].float().mean()) if len(sel.poison) else None,
                    "clean_set_poison": int(poison[sel.clean].sum())}
             rows.append(row)
             share = row["relabelled_poison_share"]
-            print(f"  round {row['round']:2d}  ACC {row['test_acc']:.4f}  ASR {row['test_asr']:.4f}  "
-                  f"RA {row['test_ra']:.4f}  relabelled set poison {'-' if share is None else f'{share:.3f}'}  "
-                  f"poisoned in clean set {row['clean_set_poison']}")
+            metrics = "  ".join(f"{k} {'  -   ' if row[key] is None else format(row[key], '.4f')}"
+                                for k, key in (("ACC", "test_acc"), ("ASR", "test_asr"), ("RA", "test_ra")))
+            print(f"  round {row['round']:2d}  {metrics}  relabelled set poison {'-' if share is None else f'{share:.3f}'}"
+                  f"  poisoned in clean set {row['clean_set_poison']}")
         out[name] = rows
     if args.json:
         with open(args.json, "w") as f:

@@ -90,6 +90,12 @@ def test_oracle_distance_diagnostic(hand_record, tmp_path, capsys):
     assert d["oracle"][1]["clean_set_poison"] == 0   # BD ranks every poisoned sample top, so none is kept as clean
     assert [r["round"] for r in d["oracle"]] == [0, 1] and [r["round"] for r in d["real"]] == [0, 1]
     assert "oracle distances" in capsys.readouterr().out
+    # evaluated after the last round only (a 60,000-image run's usual setting): rows without test metrics
+    assert od.main(["--record", str(hand_record.folder), "--json", str(out), "--set", "eval_every_round=false",
+                    "--set", "rounds=2", "--set", "epochs=1", "--set", "max_iter=5", "--set", "k_p0=10", "--set", "k_pT=10",
+                    "--set", "k_c0=20", "--set", "k_cT=20"]) == 0
+    rows = json.loads(out.read_text())["oracle"]
+    assert [r["test_acc"] is None for r in rows] == [True, True, False] and 0 <= rows[-1]["test_asr"] <= 1
 
 
 def test_detectors_benchmark(hand_record, tmp_path, capsys):
