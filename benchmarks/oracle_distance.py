@@ -85,8 +85,8 @@ def main(argv=None) -> int:
             share = row["relabelled_poison_share"]
             metrics = "  ".join(f"{k} {'  -   ' if row[key] is None else format(row[key], '.4f')}"
                                 for k, key in (("ACC", "test_acc"), ("ASR", "test_asr"), ("RA", "test_ra")))
-            print(f"  round {row['round']:2d}  {metrics}  relabelled set poison {'-' if share is None else f'{share:.3f}'}"
-                  f"  poisoned in clean set {row['clean_set_poison']}")
+            print(f"  round {row['round']:2d}  {metrics}  relabelled set poison "
+                  f"{'-' if share is None else f'{share:.3f}'}  poisoned in clean set {row['clean_set_poison']}")
         out[name] = rows
     if args.json:
         with open(args.json, "w") as f:

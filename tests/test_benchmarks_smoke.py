@@ -92,8 +92,8 @@ def test_oracle_distance_diagnostic(hand_record, tmp_path, capsys):
     assert "oracle distances" in capsys.readouterr().out
     # evaluated after the last round only (a 60,000-image run's usual setting): rows without test metrics
     assert od.main(["--record", str(hand_record.folder), "--json", str(out), "--set", "eval_every_round=false",
-                    "--set", "rounds=2", "--set", "epochs=1", "--set", "max_iter=5", "--set", "k_p0=10", "--set", "k_pT=10",
-                    "--set", "k_c0=20", "--set", "k_cT=20"]) == 0
+                    "--set", "rounds=2", "--set", "epochs=1", "--set", "max_iter=5", "--set", "k_p0=10",
+                    "--set", "k_pT=10", "--set", "k_c0=20", "--set", "k_cT=20"]) == 0
     rows = json.loads(out.read_text())["oracle"]
     assert [r["test_acc"] is None for r in rows] == [True, True, False] and 0 <= rows[-1]["test_asr"] <= 1
 
