@@ -51,9 +51,9 @@ def tree(root: Path) -> dict:
             for p in sorted(root.rglob("*"))}
 
 
-def run_script(root: Path, *args: str) -> subprocess.CompletedProcess:
+def run_script(root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "defense/burn.py", *args], cwd=root, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=env)
 
 
 def assert_one_line_error(rc: int, stderr: str, *needles: str) -> str:
@@ -132,8 +132,8 @@ def test_the_entry_script_under_torchrun_gives_the_one_process_result(bb_root, b
     split = ["--boundary_batch_size", "4", "--random_seed", "1"]
     args = ["--attack_folder", "badnet_0_1", "--dataset", "mnist", "--yaml_path", CONFIG, *FAST, *split]
     # one thread in every process: torchrun's default, and the float arithmetic must be the same in both runs
-    one = subprocess.run([sys.executable, "defense/burn.py", *args, "--output_dir", "record/badnet_0_1/defense/burn_one"],
-                         cwd=bb_root, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    one = run_script(bb_root, *args, "--output_dir", "record/badnet_0_1/defense/burn_one",
+                     env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert one.returncode == 0, one.stderr
     cache = bb_root / "record" / "badnet_0_1" / "defense" / ".burn_cache"
     for f in cache.iterdir():
