@@ -164,7 +164,7 @@ def test_clip_inactive_inside_the_box_and_binding_at_its_edge():
     with torch.no_grad():
         model[1].weight.mul_(20)  # short distances: adversarial points stay well inside [0, 1]
     x = 0.4 + 0.2 * torch.rand(100, 3, 4, 4, dtype=torch.float64)
-    clipped = boundary_distances(model, x, clip=(0.0, 1.0))
+    clipped = boundary_distances(model, x, clip=(0.0, 1.0), box_aware=True)
     free = boundary_distances(model, x, clip=None)
     assert torch.allclose(clipped.distance, free.distance)
 
@@ -175,7 +175,7 @@ def test_clip_inactive_inside_the_box_and_binding_at_its_edge():
 
     x = torch.full((3, 1, 1, 1), 0.9, dtype=torch.float64)
     assert bool(boundary_distances(OnePixel(), x, clip=None).converged.all())
-    boxed = boundary_distances(OnePixel(), x, clip=(0.0, 1.0), max_iter=5)
+    boxed = boundary_distances(OnePixel(), x, clip=(0.0, 1.0), max_iter=5, box_aware=True)
     assert not bool(boxed.converged.any())
     assert torch.allclose(boxed.distance, torch.full((3,), 0.1, dtype=torch.float32))
 
@@ -209,7 +209,7 @@ def test_box_aware_step_moves_only_free_pixels():
             return torch.stack([torch.zeros_like(f), f], 1)
 
     x = torch.tensor([[0.0, 0.2], [0.0, 0.1], [0.0, 0.45]], dtype=torch.float64).view(3, 1, 1, 2)
-    res = boundary_distances(TwoPixel(), x, clip=(0.0, 1.0), overshoot=0.02)
+    res = boundary_distances(TwoPixel(), x, clip=(0.0, 1.0), overshoot=0.02, box_aware=True)
     expected = 0.5 - x.flatten(1)[:, 1]
     assert bool(res.converged.all())
     assert bool((res.iterations == 1).all())
@@ -309,9 +309,9 @@ def test_superdeepfool_respects_the_pixel_box():
     model = affine(5, shape=(1, 4, 4), seed=7)
     x = torch.rand(50, 1, 4, 4, dtype=torch.float64)
     exact, _, _ = closed_form(model, x)
-    res = boundary_distances(model, x, clip=(0.0, 1.0), method="superdeepfool")
+    res = boundary_distances(model, x, clip=(0.0, 1.0), method="superdeepfool", box_aware=True)
     assert bool(res.converged.all())
     # every reported point is adversarial and inside the box: never shorter than the free minimum
     assert bool((res.distance.double() >= exact * (1 - 1e-6)).all())
-    res_df = boundary_distances(model, x, clip=(0.0, 1.0))
+    res_df = boundary_distances(model, x, clip=(0.0, 1.0), box_aware=True)
     assert bool((res.distance <= res_df.distance * (1 + 1e-6)).all())

@@ -172,13 +172,14 @@ def test_boundary_method_reaches_the_analysis_and_has_its_own_cache_entry(small_
 
     model, data = small_problem
     model = copy.deepcopy(model)
-    # box-aware steps, as boundary_distances takes by default: on this random network with clipping after
-    # each step (BURN's default) SDF's projections and line search find no shorter point than DeepFool's
+    # box-aware steps: on this random network with clipping after each step (the default) SDF's
+    # projections and line search find no shorter point than DeepFool's
     df = analyse_boundary(model, data, cfg(box_aware=True), cache=FileBoundaryCache(tmp_path))
     sdf = analyse_boundary(model, data, cfg(boundary_method="superdeepfool", box_aware=True),
                            cache=FileBoundaryCache(tmp_path))
     assert len(list(tmp_path.glob("boundary_*.pt"))) == 2   # one cache file per method
-    direct = boundary_distances(PixelSpaceModel(model, MEAN, STD), data.x, max_iter=10, method="superdeepfool")
+    direct = boundary_distances(PixelSpaceModel(model, MEAN, STD), data.x, max_iter=10, method="superdeepfool",
+                                box_aware=True)
     assert torch.allclose(sdf.distance, direct.distance)
     assert bool((sdf.distance <= df.distance * (1 + 1e-5) + 1e-7).all())   # SDF only shortens DeepFool's path
     assert float(sdf.distance.mean()) < float(df.distance.mean())

@@ -107,7 +107,7 @@ def _class_gradient_differences(out: torch.Tensor, xa: torch.Tensor, cand: torch
 
 def boundary_distances(model: nn.Module, x: torch.Tensor, *, candidates: int = 10, overshoot: float = 0.02,
                        max_iter: int = 50, batch_size: int = 256, clip: tuple | None = (0.0, 1.0),
-                       grad_mode: str = "loop", device="cpu", progress=None, box_aware: bool = True,
+                       grad_mode: str = "loop", device="cpu", progress=None, box_aware: bool = False,
                        candidate_mode: str = "fixed", method: str = "deepfool",
                        search_iter: int = 10) -> BoundaryResult:
     """Minimal L2 boundary distance of every image in ``x`` (uint8 or float ``(N, C, H, W)``).
