@@ -586,6 +586,13 @@ def test_burn_settings_name_the_run_alike_on_every_attack():
     assert table_name("x", {"method": "burn", "config": {"detector": "scan", "clean_selection": "per_label"}},
                       set()) == "burn[scan, per_label]"
     assert table_name("burn", {"method": "burn", "config": {"detector": "boundary"}}, set()) == "burn"
+    paper = {"detector": "boundary", "boundary_method": "deepfool", "box_aware": False, "clean_ranking": "boundary"}
+    assert table_name("b", {"method": "burn", "config": paper}, set()) == "b"
+    assert table_name("b", {"method": "burn", "config": {**paper, "box_aware": True}}, set()) == "burn[box-aware]"
+    assert table_name("b", {"method": "burn", "config": {**paper, "detector": "spectral", "box_aware": True}},
+                      set()) == "burn[spectral, box-aware, clean by boundary]"
+    assert table_name("b", {"method": "burn", "config": {**paper, "boundary_method": "superdeepfool"}},
+                      set()) == "burn[superdeepfool]"
     assert table_name("f", run, {"burn[spectral, clean by boundary]"}) == "f[spectral, clean by boundary]"
     ulrl = {"method": "ulrl", "config": {"clean_source": "burn"}}
     assert table_name("ulrl_on_burn", ulrl, set()) == "ulrl[on burn]"

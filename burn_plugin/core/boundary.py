@@ -213,7 +213,7 @@ def boundary_distances(model: nn.Module, x: torch.Tensor, *, candidates: int = 1
     return BoundaryResult(distance, adv_label, clean_label, iterations, converged)
 
 
-def _deepfool_step(out, xa, pool, overshoot, lo, hi, grad_mode, box_aware=True) -> None:
+def _deepfool_step(out, xa, pool, overshoot, lo, hi, grad_mode, box_aware) -> None:
     """One DeepFool update of every sample in ``pool`` (in place)."""
     cand = pool["cand"]
     b, c = cand.shape

@@ -116,20 +116,26 @@ def order_defenses(names: Iterable[str]) -> list[str]:
 
 
 def table_name(folder_name: str, run: dict, taken: set) -> str:
-    """A defense's name in the table: its folder's, or for BURN run with other than the paper's ranking
-    and clean set (``run.json`` says which) the method with those settings, e.g. ``burn[spectral]``,
-    ``burn[scan, per_label]``, ``burn[spectral, clean by boundary]``, so that one configuration has one
-    name on every attack (the folder name is kept when two folders of one attack would share a name).
+    """A defense's name in the table: its folder's, or for BURN run with other than the paper's ranking,
+    boundary analysis and clean set (``run.json`` says which) the method with those settings, e.g.
+    ``burn[spectral]``, ``burn[scan, per_label]``, ``burn[spectral, clean by boundary]``, ``burn[box-aware]``
+    (the box-aware DeepFool step instead of the paper's clip after each step), so that one configuration has
+    one name on every attack (the folder name is kept when two folders of one attack would share a name).
     ULRL trained on BURN's selection instead of clean data is ``ulrl[on burn]`` (``[on burn, balanced]``)."""
     config = run.get("config") if isinstance(run.get("config"), dict) else {}
     if run.get("method") == "ulrl" and config.get("clean_source") in ("burn", "burn_balanced"):
         label = "ulrl[on burn" + (", balanced]" if config["clean_source"] == "burn_balanced" else "]")
         return label if label not in taken else f"{folder_name}[on {config['clean_source']}]"
     detector = config.get("detector", "boundary")
-    parts = [detector] if isinstance(detector, str) and detector != "boundary" else []
+    feature_detector = isinstance(detector, str) and detector != "boundary"
+    parts = [detector] if feature_detector else []
+    if config.get("boundary_method", "deepfool") != "deepfool":
+        parts.append(str(config["boundary_method"]))
+    if config.get("box_aware") is True:
+        parts.append("box-aware")
     if config.get("clean_selection", "global") == "per_label":
         parts.append("per_label")
-    if config.get("clean_ranking", "detector") == "boundary" and parts:
+    if config.get("clean_ranking", "detector") == "boundary" and feature_detector:
         parts.append("clean by boundary")
     if not parts:
         return folder_name
