@@ -175,6 +175,7 @@ def test_a_sweep_runs_as_a_job_array_and_a_rerun_resubmits_only_the_failed(clust
     assert f"| {ATTACK} | fp | done |" in out and f"| {ATTACK} | burn | done |" in out
     assert f"| {ATTACK} | sau | failed |" in out and "defense_result.pt is empty" in out
     assert code == 1  # a failed run
+    assert "\n2 done, 1 failed\n" in out  # the states counted, in the table's order
     sau = root / "record" / ATTACK / "defense" / "sau"
     assert (sau / "sweep_run.json").is_file() and (sau / "sweep_log.txt").is_file()  # written by the array task
 
@@ -187,7 +188,7 @@ def test_a_sweep_runs_as_a_job_array_and_a_rerun_resubmits_only_the_failed(clust
 
     code, out, err = _wait_until_settled(args)
     assert code == 0, out + err
-    assert out.count("| done |") == 3
+    assert out.count("| done |") == 3 and "\n3 done\n" in out
     assert "comparison written to" in out  # every run done: the results are collected into the table
     assert "0.8644" in out or "86.44" in out  # the fake SAU's ACC, now in the comparison
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 
 from ..settings import flag, subcommand
 
@@ -124,9 +125,9 @@ def _slurm_sweep(args, plan, progress) -> int:
         print("| attack | defense | state | detail |\n|---|---|---|---|")
         for run, state, detail in rows:
             print(f"| {run.attack.name} | {run.defense} | {state} | {detail or '–'} |")
-        counts = {s: sum(1 for _, st, _ in rows if st == s) for s in ("done", "queued", "running", "failed",
-                                                                       "not submitted")}
-        print("\n" + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+        counts = Counter(state for _, state, _ in rows)
+        print("\n" + ", ".join(f"{counts[k]} {k}" for k in ("done", "queued", "running", "failed", "not submitted")
+                                if counts[k]))
         failed = [r for r, st, _ in rows if st == "failed"]
         if counts["done"] < len(rows):
             if failed or counts["not submitted"]:
