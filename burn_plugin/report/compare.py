@@ -120,8 +120,7 @@ def table_name(folder_name: str, run: dict, taken: set) -> str:
     boundary analysis and clean set (``run.json`` says which) the method with those settings, e.g.
     ``burn[spectral]``, ``burn[scan, per_label]``, ``burn[spectral, clean by boundary]``, ``burn[box-aware]``
     (the box-aware DeepFool step instead of the paper's clip after each step), so that one configuration has
-    one name on every attack (the folder name is kept when two folders of one attack would share a name;
-    BURN with the paper's settings is ``burn`` whatever its folder).
+    one name on every attack (the folder name is kept when two folders of one attack would share a name).
     ULRL trained on BURN's selection instead of clean data is ``ulrl[on burn]`` (``[on burn, balanced]``)."""
     config = run.get("config") if isinstance(run.get("config"), dict) else {}
     if run.get("method") == "ulrl" and config.get("clean_source") in ("burn", "burn_balanced"):
@@ -139,7 +138,7 @@ def table_name(folder_name: str, run: dict, taken: set) -> str:
     if config.get("clean_ranking", "detector") == "boundary" and feature_detector:
         parts.append("clean by boundary")
     if not parts:
-        return "burn" if run.get("method") == "burn" and "burn" not in taken else folder_name
+        return folder_name
     label = f"{run.get('method') or folder_name}[{', '.join(parts)}]"
     return label if label not in taken else f"{folder_name}[{', '.join(parts)}]"
 
