@@ -128,12 +128,11 @@ def _slurm_sweep(args, plan, progress) -> int:
         counts = Counter(state for _, state, _ in rows)
         print("\n" + ", ".join(f"{counts[k]} {k}" for k in ("done", "queued", "running", "failed", "not submitted")
                                 if counts[k]))
-        failed = [r for r, st, _ in rows if st == "failed"]
         if counts["done"] < len(rows):
-            if failed or counts["not submitted"]:
+            if counts["failed"] or counts["not submitted"]:
                 say("run the same `burn sweep ... --executor slurm` (without --status) to submit the failed and "
                     "unsubmitted runs again")
-            return 1 if failed else 0
+            return 1 if counts["failed"] else 0
         return _compare_at_end(args, plan, progress, [], len(rows))
     if args.dry_run:
         opts.check()
