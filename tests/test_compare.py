@@ -600,3 +600,8 @@ def test_burn_settings_name_the_run_alike_on_every_attack():
                       set()) == "ulrl[on burn, balanced]"
     assert table_name("ulrl", {"method": "ulrl", "config": {"clean_source": "clean_train"}}, set()) == "ulrl"
     assert table_name("u3", ulrl, {"ulrl[on burn]"}) == "u3[on burn]"
+    for given in ("record/x/defense/burn_spectral/scores.npz", "record/x/defense/burn_spectral", "/a/burn_spectral/"):
+        on_spectral = {"method": "ulrl", "config": {"clean_source": "burn", "burn_result": given}}
+        assert table_name("ulrl_on_spectral", on_spectral, set()) == "ulrl[on burn_spectral]"
+    assert table_name("u4", {"method": "ulrl", "config": {"clean_source": "burn", "burn_result": ""}},
+                      set()) == "ulrl[on burn]"

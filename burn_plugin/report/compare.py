@@ -121,11 +121,13 @@ def table_name(folder_name: str, run: dict, taken: set) -> str:
     ``burn[spectral]``, ``burn[scan, per_label]``, ``burn[spectral, clean by boundary]``, ``burn[box-aware]``
     (the box-aware DeepFool step instead of the paper's clip after each step), so that one configuration has
     one name on every attack (the folder name is kept when two folders of one attack would share a name).
-    ULRL trained on BURN's selection instead of clean data is ``ulrl[on burn]`` (``[on burn, balanced]``)."""
+    ULRL trained on BURN's selection instead of clean data is ``ulrl[on burn]`` (``[on burn, balanced]``),
+    or ``ulrl[on <folder>]`` when it read another BURN result than ``defense/burn/`` (``burn_result``)."""
     config = run.get("config") if isinstance(run.get("config"), dict) else {}
     if run.get("method") == "ulrl" and config.get("clean_source") in ("burn", "burn_balanced"):
-        label = "ulrl[on burn" + (", balanced]" if config["clean_source"] == "burn_balanced" else "]")
-        return label if label not in taken else f"{folder_name}[on {config['clean_source']}]"
+        source = burn_result_folder(config.get("burn_result"))
+        label = f"ulrl[on {source}" + (", balanced]" if config["clean_source"] == "burn_balanced" else "]")
+        return label if label not in taken else f"{folder_name}[on {source}]"
     detector = config.get("detector", "boundary")
     feature_detector = isinstance(detector, str) and detector != "boundary"
     parts = [detector] if feature_detector else []
@@ -141,6 +143,15 @@ def table_name(folder_name: str, run: dict, taken: set) -> str:
         return folder_name
     label = f"{run.get('method') or folder_name}[{', '.join(parts)}]"
     return label if label not in taken else f"{folder_name}[{', '.join(parts)}]"
+
+
+def burn_result_folder(burn_result: object) -> str:
+    """The name of the BURN result folder a ULRL run read: ``burn`` (the default, ``defense/burn/``), or the
+    folder of the ``scores.npz`` it was given."""
+    if not isinstance(burn_result, str) or not burn_result.strip() or burn_result.strip() == "None":
+        return "burn"
+    path = Path(burn_result.strip())
+    return (path.parent if path.suffix == ".npz" else path).name or "burn"
 
 
 def display_name(defense: str) -> str:
