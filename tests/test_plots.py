@@ -193,6 +193,25 @@ def test_plot_radar_by_defense(tmp_path):
         plot_radar_by_defense(df[df["attack"] != "sig"], tmp_path / "radar2")   # two axes have no area
 
 
+def test_radar_attack_names_stay_outside_the_outer_ring(tmp_path):
+    names = ["badnet_fm", "inputaware10g5_fm", "sig_fm", "trojannn_with_a_long_name_fm", "lf_fm"]
+    rows = [{"attack": a, "defense": d, "test_acc": 0.85, "test_asr": 0.5}
+            for a in names for d in ("no_defense", "burn")]
+    fig = plot_radar_by_defense(pd.DataFrame(rows), tmp_path / "radar").figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    ax = fig.axes[0]
+    centre = ax.transData.transform((0.0, 0.0))
+    radius = np.linalg.norm(ax.transData.transform((0.3, 100.0)) - centre)
+    for text in ax.get_xticklabels():
+        box = text.get_window_extent(renderer)
+        # the point of the name's box nearest the centre lies beyond the ring
+        nearest = np.clip(centre, [box.x0, box.y0], [box.x1, box.y1])
+        assert np.linalg.norm(nearest - centre) > radius, text.get_text()
+
+
 def test_plot_roc_by_attack_aurocs_equal_sklearn(tmp_path):
     a, b = _scores(seed=0), _scores(seed=1)
     b["distance"] = np.random.default_rng(5).random(len(b["distance"]))        # a detector at chance

@@ -199,6 +199,11 @@ def _polar_frame(ax, labels, *, pad: float) -> np.ndarray:
     ax.set_theta_direction(-1)
     ax.set_rlabel_position(180 / n if n else 0)
     ax.tick_params(axis="x", pad=pad)
+    # a long name centred on its spoke runs over the outer ring: names on the right start at the spoke,
+    # names on the left end there, so that every name grows away from the circle
+    for a, text in zip(ang, ax.get_xticklabels()):
+        side = np.sin(a)
+        text.set_horizontalalignment("left" if side > 0.2 else "right" if side < -0.2 else "center")
     return ang
 
 
