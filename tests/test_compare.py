@@ -605,3 +605,34 @@ def test_burn_settings_name_the_run_alike_on_every_attack():
         assert table_name("ulrl_on_spectral", on_spectral, set()) == "ulrl[on burn_spectral]"
     assert table_name("u4", {"method": "ulrl", "config": {"clean_source": "burn", "burn_result": ""}},
                       set()) == "ulrl[on burn]"
+
+
+def test_roc_takes_the_boundary_run_most_attacks_share(tmp_path):
+    """An attack with two boundary-ranked BURN runs contributes the one whose setting the other attacks
+    have too; an attack with only another setting is named with its run in the legend."""
+    from burn_plugin.report.across import roc_inputs
+
+    rows = []
+    runs = {"a1": [("a_box", "burn[box-aware]", True), ("burn", "burn", False)],
+            "a2": [("burn", "burn", False), ("burn_spectral", "burn[spectral]", False)],
+            "a3": [("burn", "burn", False)]}
+    for attack, folders in runs.items():
+        for folder, name, box_aware in folders:
+            d = tmp_path / attack / "defense" / folder
+            d.mkdir(parents=True)
+            detector = "spectral" if "spectral" in name else "boundary"
+            (d / "run.json").write_text(json.dumps({"method": "burn",
+                                                    "config": {"detector": detector, "box_aware": box_aware}}))
+            (d / "scores.npz").write_bytes(b"")
+            rows.append({"attack": attack, "defense": name, "folder": folder})
+    df = pd.DataFrame(rows)
+    got = roc_inputs(df, tmp_path)
+    assert got == {a: tmp_path / a / "defense" / "burn" / "scores.npz" for a in ("a1", "a2", "a3")}
+    only_box = df[~((df["attack"] == "a3") & (df["folder"] == "burn")) & (df["folder"] != "a_box")]
+    d = tmp_path / "a3" / "defense" / "a_box"
+    d.mkdir()
+    (d / "run.json").write_text(json.dumps({"method": "burn", "config": {"box_aware": True}}))
+    (d / "scores.npz").write_bytes(b"")
+    only_box = pd.concat([only_box, pd.DataFrame([{"attack": "a3", "defense": "burn[box-aware]", "folder": "a_box"}])])
+    got = roc_inputs(only_box, tmp_path)
+    assert set(got) == {"a1 (burn)", "a2 (burn)", "a3 (burn[box-aware])"}

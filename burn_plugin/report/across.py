@@ -101,21 +101,29 @@ def render_detection_markdown(table: pd.DataFrame) -> str:
 
 
 def roc_inputs(df: pd.DataFrame, root: str | Path) -> dict[str, Path]:
-    """attack -> the ``scores.npz`` of its BURN run with the paper's ranking (``boundary``), holding
-    l(x) and the poison flags; attacks without one are left out (logged)."""
+    """attack -> the ``scores.npz`` of a BURN run with the paper's ranking (``boundary``), holding l(x) and
+    the poison flags, for the ROC of every attack in one figure; attacks without one are left out (logged).
+
+    Where an attack has several such runs (say ``burn[box-aware]`` and the paper's DeepFool), the one is
+    taken whose name in the table most attacks share, so that the curves compare one setting across
+    attacks; where the chosen names still differ, each key names its run: ``sig_fm (burn_default)``."""
+    from collections import Counter
+
     from .compare import NO_DEFENSE, _attack_dir, read_run_json
 
-    out: dict[str, Path] = {}
+    candidates: dict[str, list[tuple[str, Path]]] = {}
     for attack in dict.fromkeys(df["attack"]):
         sub = df[(df["attack"] == attack) & (df["defense"] != NO_DEFENSE)]
-        for folder in sub["folder"]:
+        for name, folder in zip(sub["defense"], sub["folder"]):
             ddir = _attack_dir(Path(root), attack) / "defense" / folder
             run = read_run_json(ddir)
             config = run.get("config") if isinstance(run.get("config"), dict) else {}
             if run.get("method") == "burn" and config.get("detector", "boundary") == "boundary" \
                     and (ddir / "scores.npz").is_file():
-                out[attack] = ddir / "scores.npz"
-                break
-        else:
+                candidates.setdefault(attack, []).append((str(name), ddir / "scores.npz"))
+        if attack not in candidates:
             log.info("%s: no BURN run with the boundary ranking; left out of the cross-attack ROC", attack)
-    return out
+    shared = Counter(name for runs in candidates.values() for name in dict(runs))
+    chosen = {attack: max(runs, key=lambda run: shared[run[0]]) for attack, runs in candidates.items()}
+    alike = len({name for name, _ in chosen.values()}) <= 1
+    return {(attack if alike else f"{attack} ({name})"): path for attack, (name, path) in chosen.items()}
