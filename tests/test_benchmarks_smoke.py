@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod        # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
@@ -127,3 +129,45 @@ def test_detectors_benchmark(hand_record, tmp_path, capsys):
     assert dt.main(["--from-json", str(out), "--from-json", str(out), "--markdown", str(again)]) == 0
     assert again.read_text().count("| superdeepfool") == 2
     assert again.read_text().count("| oracle (diagnostic) |") == 2
+
+
+def test_reproduce_plan_commands_parse_and_done_steps_are_skipped(tmp_path, capsys):
+    """Every command of the rebuild recipe parses with today's CLI (a renamed flag fails here, not after
+    hours of attacks), names a registered attack and detector, and a step whose result exists is done."""
+    from burn_plugin.bench.attacks import list_attacks
+    from burn_plugin.cli import build_parser
+    from burn_plugin.core.detectors import list_detectors
+
+    rr = _load("reproduce_results")
+    det = _load("detectors")
+    root = tmp_path / "record"
+    steps = rr.plan(root, list(rr.RECORDS), ["spectral", "scan"])
+    parser = build_parser()
+    for s in steps + [rr.Step("-", "compare", rr.compare_argv(root), root)]:
+        if s.argv[0] == "burn":
+            args = parser.parse_args(list(s.argv[1:]))
+            if args.command == "attack":
+                assert args.attack in list_attacks()
+            if getattr(args, "detector", None):
+                assert args.detector in list_detectors()
+        else:
+            assert Path(s.argv[1]).name == "detectors.py"
+            det.parse_args(list(s.argv[2:]))
+    assert [s.name for s in steps if s.record == "badnet_fm"] == [
+        "attack", "burn", "ft", "ulrl", "ulrl_on_burn", "detectors", "burn_spectral", "burn_scan"]
+    assert not any(s.is_done() for s in steps)
+
+    attack = next(s for s in steps if s.record == "sig_fm" and s.name == "attack")
+    burn = next(s for s in steps if s.record == "sig_fm" and s.name == "burn")
+    attack.done_when.parent.mkdir(parents=True)
+    attack.done_when.write_bytes(b"")
+    burn.done_when.parent.mkdir(parents=True)
+    burn.done_when.write_text("{}")
+    assert attack.is_done() and not burn.is_done()          # run.json without its summary: not finished
+    (burn.done_when.parent / "burn_df_summary.csv").write_text("")
+    assert burn.is_done()
+    assert rr.main(["--root", str(root), "--records", "sig_fm", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("done  burn -q attack") and out[1].startswith("done  burn -q defend")
+    assert out[2].startswith("todo  ") and out[-1].startswith("then  burn -q compare")
+    assert rr.main(["--records", "nope_fm", "--dry-run"]) == 2
