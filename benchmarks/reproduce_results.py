@@ -14,8 +14,8 @@ chain (the others go on) and the script exits 1.
 
 ``--lanes 2 --threads 1`` runs two records at a time with one thread each, the right use of a 2-core
 CPU (two 2-thread torch jobs there thrash). On that CPU a record with its four defenses takes 1-2
-hours (the attack 7-60 min, BURN 17-60 min, FT 7-13 min, ULRL 1-2 min), the nine about 10-15 hours
-on two lanes. Each step's output goes to ``<root>/.reproduce_logs/<record>.<step>.log``.
+hours (the attack 7-60 min, BURN 17-60 min, FT 7-13 min, ULRL 1-2 min), the nine about 13 hours of
+one-thread work, about 7 hours on two lanes. Each step's output goes to ``<root>/.reproduce_logs/<record>.<step>.log``.
 """
 from __future__ import annotations
 
