@@ -331,7 +331,10 @@ def plot_radar_by_defense(table, out_stem: str | os.PathLike, *, title: str | No
         return np.append(v, v[0])
 
     with _style():
-        fig = _figure(figsize=(4.6 * ncols, 4.4 * nrows + 0.8))
+        # names on the side spokes grow outwards (see _polar_frame): widen each panel by the longest name
+        # beyond ten characters, so the circle keeps its size
+        wide = 0.08 * max(0, max(len(str(a)) for a in attacks) - 10)
+        fig = _figure(figsize=((4.6 + wide) * ncols, 4.4 * nrows + 0.8))
         for i, d in enumerate(defenses):
             ax = fig.add_subplot(nrows, ncols, i + 1, projection="polar")
             for m, color, name in (("test_acc", COLORS["acc"], "ACC"), ("test_asr", COLORS["asr"], "ASR")):
