@@ -41,7 +41,7 @@ RECORDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "trojannn_fm": ("trojannn", ()),
     "ssba_fm": ("ssba", ()),
     "wanet_fm": ("wanet", ()),
-    "inputaware10g5_fm": ("inputaware", ("--epochs", "10", "--generator_epochs", "5")),
+    "inputaware10g10_fm": ("inputaware", ("--epochs", "10", "--generator_epochs", "10")),
 }
 
 
