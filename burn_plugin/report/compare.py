@@ -147,10 +147,11 @@ def table_name(folder_name: str, run: dict, taken: set) -> str:
 
 def burn_result_folder(burn_result: object) -> str:
     """The name of the BURN result folder a ULRL run read: ``burn`` (the default, ``defense/burn/``), or the
-    folder of the ``scores.npz`` it was given."""
-    if not isinstance(burn_result, str) or not burn_result.strip() or burn_result.strip() == "None":
+    folder of the ``scores.npz`` it was given. ``run.json`` holds the validated config, where ULRLConfig has
+    already turned a YAML null or "None" into "" (its ``_OPTIONAL_STR``)."""
+    if not isinstance(burn_result, str) or not burn_result:
         return "burn"
-    path = Path(burn_result.strip())
+    path = Path(burn_result)
     return (path.parent if path.suffix == ".npz" else path).name or "burn"
 
 
