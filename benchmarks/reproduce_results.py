@@ -113,6 +113,25 @@ def run_chain(steps: list[Step], logs: Path, threads: int) -> list[str]:
     return []
 
 
+def preflight() -> str:
+    """Why the recipe cannot start, or ''. Every step runs the ``burn`` command, which must import this
+    checkout's ``burn_plugin``: an editable install left pointing at another (or a deleted) clone
+    would otherwise fail every step after the first seconds, or build the records with other code."""
+    here = (HERE.parent / "burn_plugin").resolve()
+    fix = f"install this checkout: python -m pip install -e {HERE.parent}"
+    try:
+        probe = subprocess.run(["burn", "--version"], capture_output=True, text=True)
+    except FileNotFoundError:
+        return f"no `burn` command on PATH; {fix}"
+    line = (probe.stdout or probe.stderr).strip().splitlines()[-1:] or [""]
+    if probe.returncode != 0:
+        return f"`burn --version` failed ({line[0]}); {fix}"
+    where = line[0].rpartition("(")[2].rstrip(")")
+    if Path(where).resolve() != here:
+        return f"`burn` runs the burn_plugin in {where}, not this checkout's {here}; {fix}"
+    return ""
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -145,6 +164,10 @@ def main(argv=None) -> int:
             print(f"{'done' if s.is_done() else 'todo'}  {shlex.join(s.argv)}")
         print(f"then  {shlex.join(compare_argv(root))}")
         return 0
+    problem = preflight()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     logs = root / ".reproduce_logs"
     logs.mkdir(parents=True, exist_ok=True)
     chains = [[s for s in steps if s.record == r] for r in records]

@@ -267,12 +267,22 @@ cmd_demo.configure = _configure_demo
 
 
 # ------------------------------------------------------------------------------------------------
+def _version_line() -> str:
+    """``burn-plugin 0.1.0 (/path/to/burn_plugin)``: which copy of the code a run uses (several clones
+    with an editable install each are common)."""
+    import burn_plugin
+
+    return f"burn-plugin {burn_plugin.__version__} ({Path(burn_plugin.__file__).resolve().parent})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="burn", description="BURN backdoor defense: BackdoorBench-compatible records, attacks, defense, "
         "comparison tables.", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--version", action="version", version=_version_line(),
+                        help="print the version and where the package is imported from, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, fn) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -171,3 +171,37 @@ def test_reproduce_plan_commands_parse_and_done_steps_are_skipped(tmp_path, caps
     assert out[0].startswith("done  burn -q attack") and out[1].startswith("done  burn -q defend")
     assert out[2].startswith("todo  ") and out[-1].startswith("then  burn -q compare")
     assert rr.main(["--records", "nope_fm", "--dry-run"]) == 2
+
+
+@pytest.mark.parametrize("script, says", [
+    (None, "no `burn` command on PATH"),
+    ("echo \"ModuleNotFoundError: No module named 'burn_plugin'\" >&2; exit 1", "No module named 'burn_plugin'"),
+    ("echo 'burn-plugin 0.1.0 (/elsewhere/burn_plugin)'", "/elsewhere/burn_plugin, not this checkout"),
+])
+def test_reproduce_refuses_to_start_when_burn_is_not_this_checkout(tmp_path, monkeypatch, capsys, script, says):
+    """A `burn` command that is missing, broken, or another clone's stops the recipe before any step
+    (exit 2, one line with the fix) instead of failing every record or building them with other code."""
+    rr = _load("reproduce_results")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if script is not None:
+        fake = bin_dir / "burn"
+        fake.write_text("#!/bin/sh\n" + script + "\n")
+        fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    root = tmp_path / "record"
+    assert rr.main(["--root", str(root), "--records", "sig_fm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0] and "pip install -e" in err[0]
+    assert not root.exists()                      # nothing started, nothing written
+
+
+def test_burn_version_names_the_package_it_runs(capsys):
+    import burn_plugin
+    from burn_plugin.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out.strip()
+    assert out == f"burn-plugin {burn_plugin.__version__} ({Path(burn_plugin.__file__).resolve().parent})"
