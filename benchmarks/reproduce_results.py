@@ -126,7 +126,7 @@ def preflight() -> str:
     line = (probe.stdout or probe.stderr).strip().splitlines()[-1:] or [""]
     if probe.returncode != 0:
         return f"`burn --version` failed ({line[0]}); {fix}"
-    where = line[0].rpartition("(")[2].rstrip(")")
+    where = line[0].partition(" (")[2].removesuffix(")")   # "burn-plugin <version> (<folder>)"; the folder may hold "("
     if Path(where).resolve() != here:
         return f"`burn` runs the burn_plugin in {where}, not this checkout's {here}; {fix}"
     return ""
