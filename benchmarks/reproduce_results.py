@@ -24,6 +24,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -93,23 +94,34 @@ def compare_argv(root: Path) -> tuple[str, ...]:
             "--out", str(root / "comparison"))
 
 
+_SAY = threading.Lock()
+
+
+def _say(line: str) -> None:
+    """One whole progress line: lanes are threads, and ``print`` writes a line and its newline
+    separately, so two lanes' lines could run together."""
+    with _SAY:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
 def run_chain(steps: list[Step], logs: Path, threads: int) -> list[str]:
     """Run one record's steps in order, skipping those done; returns the failures (``record.step``)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     for step in steps:
         if step.is_done():
-            print(f"[skip] {step.record} {step.name}: {step.done_when} exists", flush=True)
+            _say(f"[skip] {step.record} {step.name}: {step.done_when} exists")
             continue
         log = logs / f"{step.record}.{step.name}.log"
         t0 = time.time()
-        print(f"[run ] {step.record} {step.name} (log {log})", flush=True)
+        _say(f"[run ] {step.record} {step.name} (log {log})")
         with open(log, "w") as fh:
             rc = subprocess.run(step.argv, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
         if rc != 0 or not step.is_done():
-            print(f"[FAIL] {step.record} {step.name}: exit {rc} after {time.time() - t0:.0f} s; the rest of "
-                  f"{step.record} is not run (see {log})", flush=True)
+            _say(f"[FAIL] {step.record} {step.name}: exit {rc} after {time.time() - t0:.0f} s; the rest of "
+                 f"{step.record} is not run (see {log})")
             return [f"{step.record}.{step.name}"]
-        print(f"[done] {step.record} {step.name} in {time.time() - t0:.0f} s", flush=True)
+        _say(f"[done] {step.record} {step.name} in {time.time() - t0:.0f} s")
     return []
 
 

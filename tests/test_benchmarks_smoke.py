@@ -173,6 +173,27 @@ def test_reproduce_plan_commands_parse_and_done_steps_are_skipped(tmp_path, caps
     assert rr.main(["--records", "nope_fm", "--dry-run"]) == 2
 
 
+def test_reproduce_lanes_write_whole_lines(tmp_path, monkeypatch):
+    """Lanes are threads sharing stdout: each progress line must reach it in one write (``print`` makes
+    two, the text and the newline, and two lanes' lines ran together in a real rebuild's log)."""
+    rr = _load("reproduce_results")
+    writes = []
+
+    class Recorder:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    done = tmp_path / "done"
+    done.write_bytes(b"")
+    steps = [rr.Step("r", f"s{i}", ("true",), done) for i in range(3)]
+    assert rr.run_chain(steps, tmp_path, threads=1) == []
+    assert len(writes) == 3 and all(w.startswith("[skip] r s") and w.endswith("exists\n") for w in writes)
+
+
 @pytest.mark.parametrize("script, says", [
     (None, "no `burn` command on PATH"),
     ("echo \"ModuleNotFoundError: No module named 'burn_plugin'\" >&2; exit 1", "No module named 'burn_plugin'"),
