@@ -138,13 +138,29 @@ def _plots(out: Path) -> None:
         log.warning("plots were not written (%s: %s)", type(exc).__name__, exc)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere ``platform.processor()``), or ''."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def versions() -> dict:
+    """What a run's numbers may depend on beyond its config and seed: the packages, the CPU and torch's
+    thread count (they set the order of float sums), so that two runs of one config that disagree can
+    be told apart."""
     import torchvision
 
     from . import __version__
 
     return {"burn_plugin": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "numpy": np.__version__, "platform": platform.platform()}
+            "torchvision": torchvision.__version__, "numpy": np.__version__, "platform": platform.platform(),
+            "cpu": cpu_name(), "torch_threads": torch.get_num_threads()}
 
 
 def refuse_finished(out: Path, method: str, overwrite: bool) -> None:

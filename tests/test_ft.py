@@ -5,6 +5,7 @@ import json
 import math
 
 import pandas as pd
+import torch
 
 from burn_plugin.defenses.ft import FTConfig
 from burn_plugin.defend import defend
@@ -20,6 +21,7 @@ def test_ft_evaluates_every_epoch_or_only_the_last(trained_record, tmp_path):
         assert df["epoch"].tolist() == [0, 1, 2]
         run = json.loads((out / "run.json").read_text())
         assert run["config"]["eval_every_epoch"] is every and run["data_used"].startswith("25% clean subset")
+        assert run["versions"]["torch_threads"] == torch.get_num_threads() and isinstance(run["versions"]["cpu"], str)
         assert df["test_acc"].iloc[-1] == summary["after"]["test_acc"]
         rows[every] = df
     assert rows[True]["test_acc"].notna().all()
