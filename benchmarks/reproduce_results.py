@@ -5,9 +5,9 @@ The README's tables come from nine Fashion-MNIST records and the defenses run on
 record, one after another, the attack, then BURN (the paper's settings with ``box_aware: true``, as
 the tables measured), FT (evaluated after its last epoch only: the per-epoch evaluation took more
 CPU than FT's training and changes nothing of it), ULRL, ULRL on BURN's selection, the detector
-benchmark and BURN with each ``--detectors`` entry; at the end one ``burn compare``. A step whose result is already there is
-skipped, so an interrupted rebuild continues where it stopped; a failed step stops its record's
-chain (the others go on) and the script exits 1.
+benchmark and BURN with each ``--detectors`` entry; at the end one ``burn compare``. A step whose
+result is already there is skipped, so an interrupted rebuild continues where it stopped; a failed
+step stops its record's chain (the others go on) and the script exits 1.
 
     python benchmarks/reproduce_results.py --dry-run                   # print the plan, run nothing
     python benchmarks/reproduce_results.py --root record --lanes 2 --threads 1
