@@ -14,14 +14,19 @@ For every record and every detector in ``--detectors`` (default: all of ``core/d
   and that detector, written to ``<record>/defense/burn_<detector>/`` (``burn/`` for ``boundary``), and
   beside them the oracle diagnostic (``benchmarks/oracle_distance.py``: BD ranks every poisoned
   sample first; not a defense, it peeks at the flags);
+- ``--runs``: the same column from BURN runs already finished under ``<record>/defense/`` (nothing is
+  run): for each detector, the run whose ``run.json`` has that detector and otherwise exactly the
+  ``--set`` settings (the paper's by default), whatever its folder is called, or none ("-"); with
+  ``--from-json`` too;
 - ``--boundary-variants N``: the boundary detector's own settings on a stratified subsample of N
-  training samples: ``box_aware`` true (our default) and false (plain clip-after-step DeepFool, the
-  paper's and Foolbox's), and SuperDeepFool: AUROC of l(x) and seconds per 1,000 images.
+  training samples: ``box_aware`` true (the fast step) and false (plain clip-after-step DeepFool, the
+  paper's and Foolbox's, the default), and SuperDeepFool (box-aware): AUROC of l(x) and seconds per 1,000 images.
 
     python benchmarks/detectors.py --record record/badnet_fm --record record/blended_fm \\
         [--detectors boundary,activation_clustering] [--defend] [--boundary-variants 2000] \\
         [--set eval_every_round=false] [--json out.json] [--markdown out.md]
     python benchmarks/detectors.py --from-json badnet.json --from-json blended.json --markdown all.md
+    python benchmarks/detectors.py --from-json badnet.json --runs --set box_aware=true --markdown all.md
 
 The boundary analysis is cached in ``<record>/defense/.burn_cache`` (as ``burn defend`` caches it),
 so a second run, and the ``--defend`` runs, reuse it.
@@ -43,6 +48,8 @@ def parse_args(argv):
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a BurnConfig setting for the analysis and --defend runs (repeatable); default: the paper's")
     ap.add_argument("--defend", action="store_true", help="also run BURN with each detector, and the oracle")
+    ap.add_argument("--runs", action="store_true", help="fill 'after BURN' from finished BURN runs under "
+                    "<record>/defense/ with that detector and the --set settings (nothing is run)")
     ap.add_argument("--overwrite", action="store_true", help="with --defend: replace earlier results")
     ap.add_argument("--no-oracle", action="store_true", help="with --defend: leave out the oracle diagnostic run")
     ap.add_argument("--boundary-variants", type=int, default=0, metavar="N",
@@ -101,14 +108,17 @@ def boundary_variants(rec, data, cfg, poison, n: int, sdf_max_iter: int, device:
                      neg[torch.randperm(len(neg), generator=g)[:n - n_pos]]])
     sub = core.BurnData(x=data.x[idx], y=data.y[idx], mean=data.mean, std=data.std, hflip=data.hflip)
     rows = []
-    for name, change in (("box_aware=True (default)", {}), ("box_aware=False (paper, Foolbox)", {"box_aware": False}),
+    # each variant names its box_aware setting, whatever the default and --set say (SuperDeepFool box-aware,
+    # as it was measured when box-aware was the default)
+    for name, change in (("box_aware=True (fast)", {"box_aware": True}),
+                         ("box_aware=False (paper, Foolbox; the default)", {"box_aware": False}),
                          (f"superdeepfool max_iter={sdf_max_iter}",
-                          {"boundary_method": "superdeepfool", "max_iter": sdf_max_iter})):
+                          {"boundary_method": "superdeepfool", "max_iter": sdf_max_iter, "box_aware": True})):
         c = dataclasses.replace(cfg, **change)
         t0 = time.time()
         res = core.analyse_boundary(rec.build_model().to(device), sub, c, device=device)
         sec = time.time() - t0
-        rows.append({"variant": name, "samples": len(idx), "auroc_poison": auroc(res.distance, poison[idx]),
+        rows.append({"variant": name, "box_aware": c.box_aware, "boundary_method": c.boundary_method, "samples": len(idx), "auroc_poison": auroc(res.distance, poison[idx]),
                      "not_converged": int((~res.converged).sum()), "seconds_per_1000": 1000 * sec / len(idx)})
         print(f"  {name:34s} AUROC {rows[-1]['auroc_poison']:.3f}  not converged {rows[-1]['not_converged']:4d}  "
               f"{rows[-1]['seconds_per_1000']:.1f} s / 1000 images", flush=True)
@@ -185,27 +195,78 @@ def measure_record(folder, args, cfg, names) -> dict:
     return out
 
 
+def comparable_config(cfg) -> dict:
+    """``cfg`` as ``run.json`` writes it (JSON types: lists for tuples), without the detector."""
+    import dataclasses
+
+    out = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    out.pop("detector", None)
+    return out
+
+
+def attach_runs(result: dict, cfg) -> list[str]:
+    """Fill each detector row's ``after`` and ``defend_seconds`` (and the record's ``before``) from finished
+    BURN runs under ``<record>/defense/``: a run counts for a detector when its ``run.json`` names that
+    detector and every other setting equals ``cfg``'s (a setting the run's version did not know yet is
+    skipped). Where several runs match, the first folder by name counts. Returns one line per detector:
+    which folder filled it, or that none did."""
+    from pathlib import Path
+
+    want = comparable_config(cfg)
+    matches: dict[str, list[tuple[str, dict]]] = {}
+    for path in sorted((Path(result["record"]) / "defense").glob("*/run.json")):
+        try:
+            run = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        config = run.get("config") if isinstance(run.get("config"), dict) else {}
+        if run.get("method") != "burn" or not isinstance(run.get("after"), dict):
+            continue
+        if any(k in config and config[k] != v for k, v in want.items()):
+            continue
+        matches.setdefault(config.get("detector", "boundary"), []).append((path.parent.name, run))
+    lines = []
+    for row in result["detectors"]:
+        found = matches.get(row["detector"], [])
+        if not found:
+            for key in ("after", "defend_seconds", "run_folder"):
+                row.pop(key, None)
+            lines.append(f"{row['detector']}: no finished run with these settings")
+            continue
+        folder, run = found[0]
+        row["after"], row["defend_seconds"], row["run_folder"] = run["after"], run.get("wall_seconds"), folder
+        result.setdefault("before", run.get("before"))
+        lines.append(f"{row['detector']}: defense/{folder}" + (f" (also {', '.join(f for f, _ in found[1:])})"
+                                                               if len(found) > 1 else ""))
+    return lines
+
+
 def fmt(v) -> str:
     return "  -  " if v is None else f"{v:.3f}"
 
 
 def markdown(results: list[dict]) -> str:
     lines = ["| record | detector | AUROC (all / flipped) | phase-1 precision (all / flipped) | ACC / ASR / RA after BURN "
-             "| detector s (boundary analysis s) |", "|---|---|---|---|---|---|"]
+             "| BURN s | detector s (boundary analysis s) |", "|---|---|---|---|---|---|---|"]
+
+    def seconds(v):
+        return "-" if v is None else f"{v:,.0f}"
 
     def pct(m):
         return " / ".join(f"{100 * m[k]:.2f}" for k in ("test_acc", "test_asr", "test_ra")) if m else "-"
     for r in results:
         name = r["record"].rstrip("/").split("/")[-1]
         if r.get("before"):
-            lines.append(f"| {name} | no defense | | | {pct(r['before'])} | |")
+            lines.append(f"| {name} | no defense | | | {pct(r['before'])} | | |")
         for d in r["detectors"]:
             lines.append(f"| {name} | {d['detector']} | {fmt(d['auroc_poison'])} / {fmt(d['auroc_flipped'])} | "
                          f"{fmt(d['phase1_precision'])} / {fmt(d['phase1_precision_flipped'])} | {pct(d.get('after'))} | "
+                         f"{seconds(d.get('defend_seconds'))} | "
                          f"{d['seconds'] + (r['features_seconds'] if d['uses_features'] else 0):.1f} "
                          f"({r['boundary_seconds']:.0f}) |")
         if r.get("oracle"):
-            lines.append(f"| {name} | oracle (diagnostic) | 1 / 1 | 1 / - | {pct(r['oracle'].get('after'))} | |")
+            lines.append(f"| {name} | oracle (diagnostic) | 1 / 1 | 1 / - | {pct(r['oracle'].get('after'))} | "
+                         f"{seconds(r['oracle'].get('defend_seconds'))} | |")
     variants = [(r["record"].rstrip("/").split("/")[-1], v) for r in results for v in r.get("boundary_variants", [])]
     if variants:
         lines += ["", "| record | boundary analysis | samples | AUROC of l(x) | not converged | s / 1000 images |",
@@ -222,6 +283,10 @@ def main(argv=None) -> int:
     from burn_plugin.core.detectors import list_detectors
     from burn_plugin.errors import ConfigError
 
+    if args.runs and args.defend:
+        raise ConfigError("--runs reads finished BURN runs and --defend makes new ones: give one of them")
+    values = {k.strip(): v.strip() for k, v in (item.partition("=")[::2] for item in args.set)}
+    cfg = BurnConfig.from_mapping(values, source="--set")
     if args.from_json:
         results = []
         for path in args.from_json:
@@ -234,10 +299,8 @@ def main(argv=None) -> int:
                 raise ConfigError(f"--from-json {path}: cannot read it as this script's --json output ({exc}); "
                                   f"give a file written by --json") from None
             results += loaded
-        return _write_tables(results, args)
+        return _write_tables(results, args, cfg)
     records = [require_record_argument(r) for r in (args.record or [None])]
-    values = {k.strip(): v.strip() for k, v in (item.partition("=")[::2] for item in args.set)}
-    cfg = BurnConfig.from_mapping(values, source="--set")
     names = [n.strip() for n in args.detectors.split(",")] if args.detectors else list_detectors()
     unknown = [n for n in names if n not in list_detectors()]
     if unknown:
@@ -246,10 +309,13 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
-    return _write_tables(results, args)
+    return _write_tables(results, args, cfg)
 
 
-def _write_tables(results: list[dict], args) -> int:
+def _write_tables(results: list[dict], args, cfg) -> int:
+    if args.runs:
+        for r in results:
+            print(f"{r['record']}: BURN runs read", *attach_runs(r, cfg), sep="\n  ")
     table = markdown(results)
     print("\n" + table)
     if args.markdown:

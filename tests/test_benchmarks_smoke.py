@@ -122,6 +122,9 @@ def test_detectors_benchmark(hand_record, tmp_path, capsys):
     assert oracle["detection"]["rounds"][0]["poison_set"]["precision"] == 1.0
     assert [v["variant"].split()[0] for v in r["boundary_variants"]] == ["box_aware=True", "box_aware=False",
                                                                          "superdeepfool"]
+    # each variant ran with the setting its name says, whatever the default (the default's row once ran twice)
+    assert [(v["box_aware"], v["boundary_method"]) for v in r["boundary_variants"]] == [
+        (True, "deepfool"), (False, "deepfool"), (True, "superdeepfool")]
     assert "| oracle (diagnostic) |" in md.read_text()
     assert md.read_text().count("| box_aware=") == 2 and "| superdeepfool max_iter=3 | 12 |" in md.read_text()
     # the tables again from the JSON, twice over: nothing measured, every row of both copies
@@ -129,6 +132,21 @@ def test_detectors_benchmark(hand_record, tmp_path, capsys):
     assert dt.main(["--from-json", str(out), "--from-json", str(out), "--markdown", str(again)]) == 0
     assert again.read_text().count("| superdeepfool") == 2
     assert again.read_text().count("| oracle (diagnostic) |") == 2
+    # --runs: the same "after BURN" column read back from the runs --defend left, matched by settings
+    settings = ["--set", "rounds=1", "--set", "epochs=1", "--set", "k_p0=10", "--set", "k_pT=10",
+                "--set", "k_c0=20", "--set", "k_cT=20", "--set", "max_iter=5"]
+    read = tmp_path / "read.md"
+    assert dt.main(["--from-json", str(out), "--runs", "--markdown", str(read)] + settings) == 0
+    defended = [ln.split(" | ")[4] for ln in md.read_text().splitlines() if ln.startswith(f"| {hand_record.folder.name} |")]
+    assert [ln.split(" | ")[4] for ln in read.read_text().splitlines()
+            if ln.startswith(f"| {hand_record.folder.name} |")][:len(r["detectors"]) + 1] == defended[:len(r["detectors"]) + 1]
+    assert "| - | - |" not in read.read_text().split("| oracle")[0]
+    # other settings than the runs': no run matches, nothing is filled in
+    other = tmp_path / "other.md"
+    assert dt.main(["--from-json", str(out), "--runs", "--markdown", str(other)] + settings[:-2] + ["--set", "max_iter=6"]) == 0
+    assert other.read_text().count("| - | - |") == len(r["detectors"])
+    with pytest.raises(Exception, match="give one of them"):
+        dt.main(["--record", str(hand_record.folder), "--runs", "--defend"])
 
 
 def test_reproduce_plan_commands_parse_and_done_steps_are_skipped(tmp_path, capsys):
