@@ -5,7 +5,8 @@ The README's tables come from nine Fashion-MNIST records and the defenses run on
 record, one after another, the attack, then BURN (the paper's settings with ``box_aware: true``, as
 the tables measured), FT (evaluated after its last epoch only: the per-epoch evaluation took more
 CPU than FT's training and changes nothing of it), ULRL, ULRL on BURN's selection, the detector
-benchmark and BURN with each ``--detectors`` entry; at the end one ``burn compare``. A step whose
+benchmark and BURN with each ``--detectors`` entry; at the end one ``burn compare`` and the detector
+table (``comparison/detectors.md``: ``benchmarks/detectors.py --from-json ... --runs``). A step whose
 result is already there is skipped, so an interrupted rebuild continues where it stopped; a failed
 step stops its record's chain (the others go on) and the script exits 1.
 
@@ -95,6 +96,14 @@ def compare_argv(root: Path) -> tuple[str, ...]:
             "--out", str(root / "comparison"))
 
 
+def detector_table_argv(root: Path, records: list[str]) -> tuple[str, ...]:
+    """The README's detector table: every record's detector benchmark with ACC / ASR / RA read from its
+    BURN runs (``--runs``: each detector's run with the recipe's settings, whatever else ran there)."""
+    jsons = [a for r in records for a in ("--from-json", str(root / ".reproduce_logs" / f"detectors_{r}.json"))]
+    return (sys.executable, str(HERE / "detectors.py"), *jsons, "--runs", "--set", "box_aware=true",
+            "--markdown", str(root / "comparison" / "detectors.md"))
+
+
 _SAY = threading.Lock()
 
 
@@ -176,6 +185,7 @@ def main(argv=None) -> int:
         for s in steps:
             print(f"{'done' if s.is_done() else 'todo'}  {shlex.join(s.argv)}")
         print(f"then  {shlex.join(compare_argv(root))}")
+        print(f"then  {shlex.join(detector_table_argv(root, records))}")
         return 0
     problem = preflight()
     if problem:
@@ -188,8 +198,14 @@ def main(argv=None) -> int:
         failed = [f for fs in pool.map(lambda c: run_chain(c, logs, args.threads), chains) for f in fs]
     with open(logs / "compare.log", "w") as fh:
         rc = subprocess.run(compare_argv(root), stdout=fh, stderr=subprocess.STDOUT).returncode
-    print(f"comparison: {root / 'comparison'} (exit {rc})" + (f"; failed: {', '.join(failed)}" if failed else ""))
-    return 1 if failed or rc else 0
+    measured = [r for r in records if (logs / f"detectors_{r}.json").is_file()]
+    rc_table = 0
+    if measured:
+        with open(logs / "detector_table.log", "w") as fh:
+            rc_table = subprocess.run(detector_table_argv(root, measured), stdout=fh, stderr=subprocess.STDOUT).returncode
+    print(f"comparison: {root / 'comparison'} (exit {rc}; detector table detectors.md exit {rc_table})"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed or rc or rc_table else 0
 
 
 if __name__ == "__main__":

@@ -161,7 +161,9 @@ def test_reproduce_plan_commands_parse_and_done_steps_are_skipped(tmp_path, caps
     root = tmp_path / "record"
     steps = rr.plan(root, list(rr.RECORDS), ["spectral", "scan"])
     parser = build_parser()
-    for s in steps + [rr.Step("-", "compare", rr.compare_argv(root), root)]:
+    finals = [rr.Step("-", "compare", rr.compare_argv(root), root),
+              rr.Step("-", "table", rr.detector_table_argv(root, list(rr.RECORDS)), root)]
+    for s in steps + finals:
         if s.argv[0] == "burn":
             args = parser.parse_args(list(s.argv[1:]))
             if args.command == "attack":
@@ -187,7 +189,8 @@ def test_reproduce_plan_commands_parse_and_done_steps_are_skipped(tmp_path, caps
     assert rr.main(["--root", str(root), "--records", "sig_fm", "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("done  burn -q attack") and out[1].startswith("done  burn -q defend")
-    assert out[2].startswith("todo  ") and out[-1].startswith("then  burn -q compare")
+    assert out[2].startswith("todo  ") and out[-2].startswith("then  burn -q compare")
+    assert out[-1].startswith("then  ") and "detectors.py --from-json" in out[-1] and "--runs" in out[-1]
     assert rr.main(["--records", "nope_fm", "--dry-run"]) == 2
 
 
