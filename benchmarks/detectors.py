@@ -76,8 +76,10 @@ def auroc(score, positive):
 def precision_at(score, positive, k: int):
     import torch
 
+    if not k or not positive.any():     # no such poison on this record (clean-label attacks: no flipped poison)
+        return None
     top = torch.argsort(score, descending=True, stable=True)[:k]
-    return float(positive[top].float().mean()) if k else None
+    return float(positive[top].float().mean())
 
 
 def register_oracle(poison, distance):
@@ -260,7 +262,10 @@ def markdown(results: list[dict]) -> str:
             lines.append(f"| {name} | no defense | | | {pct(r['before'])} | | |")
         for d in r["detectors"]:
             lines.append(f"| {name} | {d['detector']} | {fmt(d['auroc_poison'])} / {fmt(d['auroc_flipped'])} | "
-                         f"{fmt(d['phase1_precision'])} / {fmt(d['phase1_precision_flipped'])} | {pct(d.get('after'))} | "
+                         f"{fmt(d['phase1_precision'])} / "
+                         # older --json files wrote 0 where the record has no label-flipped poison
+                         f"{fmt(d['phase1_precision_flipped'] if d['auroc_flipped'] is not None else None)} | "
+                         f"{pct(d.get('after'))} | "
                          f"{seconds(d.get('defend_seconds'))} | "
                          f"{d['seconds'] + (r['features_seconds'] if d['uses_features'] else 0):.1f} "
                          f"({r['boundary_seconds']:.0f}) |")

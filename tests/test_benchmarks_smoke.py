@@ -100,6 +100,15 @@ def test_oracle_distance_diagnostic(hand_record, tmp_path, capsys):
     assert [r["test_acc"] is None for r in rows] == [True, True, False] and 0 <= rows[-1]["test_asr"] <= 1
 
 
+def test_detector_benchmark_precision_and_auroc_say_none_without_such_poison():
+    dt = _load("detectors")
+    score = torch.tensor([0.9, 0.8, 0.1, 0.2])
+    flagged = torch.tensor([True, False, False, True])
+    assert dt.precision_at(score, flagged, 2) == 0.5 and dt.auroc(score, flagged) == 0.75   # 3 of 4 pairs
+    none = torch.zeros(4, dtype=torch.bool)       # a clean-label record has no label-flipped poison
+    assert dt.precision_at(score, none, 2) is None and dt.auroc(score, none) is None
+
+
 def test_detectors_benchmark(hand_record, tmp_path, capsys):
     from burn_plugin.core.detectors import list_detectors
 
