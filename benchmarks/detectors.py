@@ -120,9 +120,10 @@ def boundary_variants(rec, data, cfg, poison, n: int, sdf_max_iter: int, device:
         t0 = time.time()
         res = core.analyse_boundary(rec.build_model().to(device), sub, c, device=device)
         sec = time.time() - t0
-        rows.append({"variant": name, "box_aware": c.box_aware, "boundary_method": c.boundary_method, "samples": len(idx), "auroc_poison": auroc(res.distance, poison[idx]),
+        rows.append({"variant": name, "box_aware": c.box_aware, "boundary_method": c.boundary_method,
+                     "samples": len(idx), "auroc_poison": auroc(res.distance, poison[idx]),
                      "not_converged": int((~res.converged).sum()), "seconds_per_1000": 1000 * sec / len(idx)})
-        print(f"  {name:34s} AUROC {rows[-1]['auroc_poison']:.3f}  not converged {rows[-1]['not_converged']:4d}  "
+        print(f"  {name:46s} AUROC {rows[-1]['auroc_poison']:.3f}  not converged {rows[-1]['not_converged']:4d}  "
               f"{rows[-1]['seconds_per_1000']:.1f} s / 1000 images", flush=True)
     return rows
 

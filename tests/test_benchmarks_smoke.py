@@ -114,10 +114,10 @@ def test_detectors_benchmark(hand_record, tmp_path, capsys):
 
     dt = _load("detectors")
     out, md = tmp_path / "det.json", tmp_path / "det.md"
+    settings = ["--set", "rounds=1", "--set", "epochs=1", "--set", "k_p0=10", "--set", "k_pT=10",
+                "--set", "k_c0=20", "--set", "k_cT=20", "--set", "max_iter=5"]
     assert dt.main(["--record", str(hand_record.folder), "--defend", "--boundary-variants", "12", "--sdf-max-iter", "3",
-                    "--json", str(out), "--markdown", str(md),
-                    "--set", "rounds=1", "--set", "epochs=1", "--set", "k_p0=10", "--set", "k_pT=10",
-                    "--set", "k_c0=20", "--set", "k_cT=20", "--set", "max_iter=5"]) == 0
+                    "--json", str(out), "--markdown", str(md)] + settings) == 0
     (r,) = json.loads(out.read_text())
     assert [d["detector"] for d in r["detectors"]] == list_detectors() and "oracle" not in list_detectors()
     for d in r["detectors"]:
@@ -142,8 +142,6 @@ def test_detectors_benchmark(hand_record, tmp_path, capsys):
     assert again.read_text().count("| superdeepfool") == 2
     assert again.read_text().count("| oracle (diagnostic) |") == 2
     # --runs: the same "after BURN" column read back from the runs --defend left, matched by settings
-    settings = ["--set", "rounds=1", "--set", "epochs=1", "--set", "k_p0=10", "--set", "k_pT=10",
-                "--set", "k_c0=20", "--set", "k_cT=20", "--set", "max_iter=5"]
     read = tmp_path / "read.md"
     assert dt.main(["--from-json", str(out), "--runs", "--markdown", str(read)] + settings) == 0
     defended = [ln.split(" | ")[4] for ln in md.read_text().splitlines() if ln.startswith(f"| {hand_record.folder.name} |")]
