@@ -199,15 +199,6 @@ def measure_record(folder, args, cfg, names) -> dict:
     return out
 
 
-def comparable_config(cfg) -> dict:
-    """``cfg`` as ``run.json`` writes it (JSON types: lists for tuples), without the detector."""
-    import dataclasses
-
-    out = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    out.pop("detector", None)
-    return out
-
-
 def attach_runs(result: dict, cfg) -> list[str]:
     """Fill each detector row's ``after`` and ``defend_seconds`` (and the record's ``before``) from finished
     BURN runs under ``<record>/defense/``: a run counts for a detector when its ``run.json`` names that
@@ -216,7 +207,7 @@ def attach_runs(result: dict, cfg) -> list[str]:
     which folder filled it, or that none did."""
     from pathlib import Path
 
-    want = comparable_config(cfg)
+    want = {k: v for k, v in cfg.to_dict().items() if k != "detector"}   # as run.json writes its config
     matches: dict[str, list[tuple[str, dict]]] = {}
     for path in sorted((Path(result["record"]) / "defense").glob("*/run.json")):
         try:
