@@ -241,6 +241,11 @@ def fmt(v) -> str:
     return "  -  " if v is None else f"{v:.3f}"
 
 
+def record_name(result: dict) -> str:
+    """The record's folder name, as the tables print it."""
+    return result["record"].rstrip("/").split("/")[-1]
+
+
 def markdown(results: list[dict]) -> str:
     lines = ["| record | detector | AUROC (all / flipped) | phase-1 precision (all / flipped) | ACC / ASR / RA after BURN "
              "| BURN s | detector s |", "|---|---|---|---|---|---|---|"]
@@ -254,7 +259,7 @@ def markdown(results: list[dict]) -> str:
     def pct(m):
         return " / ".join(f"{100 * m[k]:.2f}" for k in ("test_acc", "test_asr", "test_ra")) if m else "-"
     for r in results:
-        name = r["record"].rstrip("/").split("/")[-1]
+        name = record_name(r)
         if r.get("before"):
             lines.append(f"| {name} | no defense | | | {pct(r['before'])} | | |")
         for d in r["detectors"]:
@@ -268,11 +273,11 @@ def markdown(results: list[dict]) -> str:
         if r.get("oracle"):
             lines.append(f"| {name} | oracle (diagnostic) | 1 / 1 | 1 / - | {pct(r['oracle'].get('after'))} | "
                          f"{seconds(r['oracle'].get('defend_seconds'), r['oracle'].get('defend_boundary_seconds'))} | |")
-    boundary = [f"{r['record'].rstrip('/').split('/')[-1]} {r['boundary_seconds']:,.0f} s" for r in results
+    boundary = [f"{record_name(r)} {r['boundary_seconds']:,.0f} s" for r in results
                 if r.get("boundary_seconds", 0) >= 1]
     if boundary:
         lines += ["", "Boundary analysis for the detectors (not read from the cache): " + ", ".join(boundary) + "."]
-    variants = [(r["record"].rstrip("/").split("/")[-1], v) for r in results for v in r.get("boundary_variants", [])]
+    variants = [(record_name(r), v) for r in results for v in r.get("boundary_variants", [])]
     if variants:
         lines += ["", "| record | boundary analysis | samples | AUROC of l(x) | not converged | s / 1000 images |",
                   "|---|---|---|---|---|---|"]
