@@ -25,6 +25,12 @@ Safety rules:
 - :func:`unregister` removes exactly the files in the manifest whose hash still matches (others only
   with ``force``, again checked before anything is removed), the manifest, and then the folders
   ``register`` created if they are empty.
+- The manifest is a file in the checkout that anyone could have edited, so :func:`unregister` trusts
+  none of its paths: every file it names must be one that ``register`` installs for that method
+  (:func:`managed_files`), every folder one that ``register`` creates (:func:`config_dir`), and each
+  must lie inside the checkout once symbolic links are resolved. One entry that is not refuses the
+  whole uninstall before anything is removed, ``force`` or not (``force`` only allows removing
+  register's own files that were changed since).
 """
 from __future__ import annotations
 
@@ -255,10 +261,50 @@ def register(bb_root: str | os.PathLike | None, *, force: bool = False) -> list[
     return actions
 
 
+def _inside(root: Path, rel: str, *, folder: bool = False) -> bool:
+    """Whether ``root / rel`` stays inside ``root`` (resolved) once symbolic links are followed: every
+    component for a ``folder``; for a file all but the last (removing a link removes the link, not its
+    target)."""
+    path = root / rel
+    try:
+        real = path.resolve() if folder else path.parent.resolve() / path.name
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+    return root in real.parents
+
+
+def check_manifest_paths(root: Path, method: str, manifest: dict) -> None:
+    """Refuse (:class:`CorruptFileError`, one line) a manifest naming a file ``register`` does not install
+    for ``method``, a folder it does not create, or a path that leaves the checkout ``root`` (resolved)."""
+    where = root / manifest_path(method)
+    fix = (f"nothing was removed; the manifest was not written by burn register (or was edited): delete {where} "
+           f"and remove {method}'s files (defense/{method}.py, {config_dir(method).as_posix()}/) by hand")
+    own_files = {rel.as_posix() for rel in managed_files(method)}
+    own_dirs = {config_dir(method).as_posix()}
+    dirs = manifest.get("created_dirs", [])
+    if not isinstance(dirs, list):
+        raise CorruptFileError(f"{where} has created_dirs {dirs!r}, not a list of folders; {fix}")
+    for kind, entries, own in (("file", list(manifest["files"]), own_files), ("folder", dirs, own_dirs)):
+        for key in entries:
+            if not isinstance(key, str) or key not in own:
+                verb = "installs" if kind == "file" else "creates"
+                raise CorruptFileError(f"{where} names the {kind} {key!r}, which burn register never {verb} "
+                                       f"(its {kind}s for {method}: {', '.join(sorted(own))}); {fix}")
+            if not _inside(root, key, folder=kind == "folder"):
+                raise CorruptFileError(f"{where} names {key!r}, which leads outside the checkout {root} through "
+                                       f"a symbolic link; {fix}")
+    if not _inside(root, manifest_path(method).as_posix()):
+        raise CorruptFileError(f"{config_dir(method).as_posix()} in {root} leads outside the checkout through a "
+                               f"symbolic link; {fix}")
+
+
 def unregister(bb_root: str | os.PathLike | None, *, force: bool = False) -> list[Action]:
     """Remove what :func:`register` installed, for every method (see the module doc); returns what was done."""
     root = resolve_bb_root(bb_root)
     manifests = [(m, read_manifest(root, m)) for m in methods()]
+    for method, manifest in manifests:  # every entry of every manifest is checked before anything is removed
+        if manifest is not None:
+            check_manifest_paths(root, method, manifest)
     if all(man is None for _, man in manifests):
         return [Action(MANIFEST.as_posix(), "missing", "burn register has not installed anything here; "
                        "nothing removed")]
@@ -275,7 +321,7 @@ def unregister(bb_root: str | os.PathLike | None, *, force: bool = False) -> lis
                 actions.append(Action(key, "missing", "already gone"))
             elif path.is_dir():
                 changed.append(f"{key} (now a folder)")
-            elif path.is_symlink() or sha256(path) != digest:
+            elif path.is_symlink() or not path.is_file() or sha256(path) != digest:  # a pipe is not hashed
                 changed.append(f"{key} (changed since burn register wrote it)")
                 remove.append(key)
             else:

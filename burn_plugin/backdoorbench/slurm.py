@@ -35,13 +35,31 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import BadInputError, BurnError
+from ..errors import BadInputError, BurnError, CorruptFileError, run_reporting_errors
 from .sweep import AttackInfo, SweepPlan, SweepRun, execute, result_state
 
 #: the Slurm commands (names on PATH)
 SBATCH, SQUEUE = "sbatch", "squeue"
 
-_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+# every value written into the array script is matched whole (re.fullmatch, ASCII digits only), then quoted
+_TIME = re.compile(r"([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}")
+_PARTITION = re.compile(r"[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*")
+#: ``--name`` or ``--name=value``; the value without whitespace, control characters, quotes, ``\`` or ``#``
+#: (which sbatch's reading of ``#SBATCH`` lines would treat specially)
+_OPTION = re.compile(r"--[A-Za-z][A-Za-z0-9-]*(=[^\s\x00-\x1f\x7f'\"\\#]+)?")
+JOB_NAME = "burn-sweep"
+
+
+def check_script_path(path, what: str) -> str:
+    """``path`` as text, refused (one line, exit 2) if it holds a control character (a newline would end
+    the line of the script it is written on) or a backslash (sbatch's ``#SBATCH`` reader drops it even
+    inside quotes)."""
+    text = str(path)
+    bad = [c for c in text if not c.isprintable() or c == "\\"]
+    if bad:
+        raise BadInputError(f"{what} {text!r} holds {bad[0]!r}, which cannot be written safely into the Slurm "
+                            f"array script; use a folder whose path has no control characters or backslashes")
+    return text
 
 
 @dataclass
@@ -62,30 +80,44 @@ class SlurmOptions:
             raise BadInputError(f"--cpus-per-job must be 1 or more, got {self.cpus_per_job}")
         if self.array_parallelism is not None and self.array_parallelism < 1:
             raise BadInputError(f"--array-parallelism must be 1 or more, got {self.array_parallelism}")
-        if not _TIME.match(self.time_limit or ""):
+        if not isinstance(self.time_limit, str) or not _TIME.fullmatch(self.time_limit):
             raise BadInputError(f"--time-limit {self.time_limit!r} is not a Slurm time; use minutes, H:MM:SS or "
-                                f"D-HH:MM:SS (e.g. 4:00:00)")
+                                f"D-HH:MM:SS (e.g. 4:00:00), nothing else (no spaces or newlines)")
+        if self.partition is not None and not _PARTITION.fullmatch(str(self.partition)):
+            raise BadInputError(f"--partition {self.partition!r} is not a Slurm partition name; use letters, digits "
+                                f"and . _ + - (several separated by commas, e.g. gpu or gpu,long), nothing else")
         for opt in self.extra:
-            if not opt.startswith("--") or "\n" in opt:
-                raise BadInputError(f"--slurm-option {opt!r} is not one sbatch option; pass e.g. --account=lab")
+            if not isinstance(opt, str) or not _OPTION.fullmatch(opt):
+                raise BadInputError(f"--slurm-option {opt!r} is not one sbatch option; pass --name or --name=value "
+                                    f"without spaces, quotes, backslashes, '#' or newlines, e.g. --account=lab")
 
 
 def sbatch_script(manifest: Path, n_tasks: int, opts: SlurmOptions, *, python: str = sys.executable) -> str:
-    """The job-array script for ``n_tasks`` runs described by ``manifest``."""
-    folder = manifest.parent
-    array = f"0-{n_tasks - 1}" + (f"%{opts.array_parallelism}" if opts.array_parallelism else "")
-    lines = ["#!/bin/bash", "#SBATCH --job-name=burn-sweep", f"#SBATCH --array={array}",
-             f"#SBATCH --time={opts.time_limit}", f"#SBATCH --output={folder}/task_%a.out",
-             "#SBATCH --ntasks=1"]
+    """The job-array script for ``n_tasks`` runs described by ``manifest``.
+
+    Every value is checked whole first (:meth:`SlurmOptions.check`, :func:`check_script_path`) and written
+    quoted (``shlex.quote``, which both bash and sbatch's ``#SBATCH`` reader undo), so no value can end its
+    line or add a word to it."""
+    opts.check()
+    q = shlex.quote
+    folder = check_script_path(manifest.parent, "the sweep folder (under --bb-root)")
+    manifest_text = check_script_path(manifest, "the sweep manifest (under --bb-root)")
+    python = check_script_path(python, "the Python interpreter")
+    n_tasks, parallel = int(n_tasks), (int(opts.array_parallelism) if opts.array_parallelism else None)
+    array = f"0-{n_tasks - 1}" + (f"%{parallel}" if parallel else "")
+    # '%' in the folder is literal; Slurm's output pattern reads %a (task id) and writes '%' as %%
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={q(JOB_NAME)}", f"#SBATCH --array={array}",
+             f"#SBATCH --time={q(opts.time_limit)}",
+             f"#SBATCH --output={q(folder.replace('%', '%%') + '/task_%a.out')}", "#SBATCH --ntasks=1"]
     if opts.partition:
-        lines.append(f"#SBATCH --partition={opts.partition}")
+        lines.append(f"#SBATCH --partition={q(opts.partition)}")
     if opts.gpus_per_job:
-        lines.append(f"#SBATCH --gres=gpu:{opts.gpus_per_job}")
+        lines.append(f"#SBATCH --gres=gpu:{int(opts.gpus_per_job)}")
     if opts.cpus_per_job:
-        lines.append(f"#SBATCH --cpus-per-task={opts.cpus_per_job}")
-    lines += [f"#SBATCH {o}" for o in opts.extra]
+        lines.append(f"#SBATCH --cpus-per-task={int(opts.cpus_per_job)}")
+    lines += [f"#SBATCH {q(o)}" for o in opts.extra]
     lines += ["", "# one run of a burn sweep per array task (burn_plugin.backdoorbench.slurm)",
-              f"exec {shlex.quote(python)} -m burn_plugin.backdoorbench.slurm task {shlex.quote(str(manifest))} "
+              f"exec {q(python)} -m burn_plugin.backdoorbench.slurm task {q(manifest_text)} "
               f"\"$SLURM_ARRAY_TASK_ID\"", ""]
     return "\n".join(lines)
 
@@ -111,12 +143,27 @@ def _attack(d: dict) -> AttackInfo:
 
 
 def load_manifest(path: Path) -> tuple[SweepPlan, list[SweepRun]]:
-    m = json.loads(Path(path).read_text())
-    runs = [SweepRun(_attack(r["attack"]), r["defense"], r["command"], Path(r["cwd"]), Path(r["out_dir"]),
-                     r["fixes"], r["fast"], r["state"], r["action"], env=r["env"]) for r in m["runs"]]
-    attacks = list({r.attack.name: r.attack for r in runs}.values())
-    plan = SweepPlan(Path(m["root"]), m["python"], m["device"], m["fast"], attacks, m["defenses"], runs,
-                     m["ratio"], m["seed"], m["trusted"])
+    """The plan and runs of a ``manifest.json`` written by :func:`submit`; a missing, unreadable or
+    malformed one is one line (exit 2), never a traceback."""
+    path = Path(path)
+    fix = "pass the manifest.json that burn sweep --executor slurm wrote, or submit the sweep again"
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise BadInputError(f"cannot read the sweep manifest {path} ({why}); {fix}") from None
+    try:
+        m = json.loads(text)
+        if not isinstance(m, dict) or not isinstance(m.get("runs"), list) \
+                or not all(isinstance(r, dict) and isinstance(r.get("attack"), dict) for r in m["runs"]):
+            raise ValueError("not an object with a list of runs")
+        runs = [SweepRun(_attack(r["attack"]), r["defense"], r["command"], Path(r["cwd"]), Path(r["out_dir"]),
+                         r["fixes"], r["fast"], r["state"], r["action"], env=r["env"]) for r in m["runs"]]
+        attacks = list({r.attack.name: r.attack for r in runs}.values())
+        plan = SweepPlan(Path(m["root"]), m["python"], m["device"], m["fast"], attacks, m["defenses"], runs,
+                         m["ratio"], m["seed"], m["trusted"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptFileError(f"{path} is not a burn sweep manifest ({type(exc).__name__}: {exc}); {fix}") from None
     return plan, runs
 
 
@@ -187,6 +234,8 @@ def submit(plan: SweepPlan, opts: SlurmOptions, *, say=print) -> tuple[str | Non
     from ..fileio import save_json, save_text
 
     opts.check()
+    check_script_path(plan.root, "--bb-root")  # written into the array script: refused before anything is written
+    check_script_path(sys.executable, "the Python interpreter")
     states = run_states(plan)
     todo = [r for r, state, _ in states if state in ("not submitted", "failed")
             or (state == "done" and r.action == "run")]  # --rerun
@@ -225,7 +274,15 @@ def submit(plan: SweepPlan, opts: SlurmOptions, *, say=print) -> tuple[str | Non
 
 def task_main(manifest: str, task: str) -> int:
     """Array task ``task``: run its run as the local sweep would (logs, sweep_run.json, result)."""
+    task = str(task)
+    if not re.fullmatch(r"[0-9]+", task):
+        raise BadInputError(f"task id {task!r} is not a whole number 0 or more; the array script passes "
+                            f"$SLURM_ARRAY_TASK_ID (run it as a Slurm array task, or pass e.g. 0)")
     plan, runs = load_manifest(Path(manifest))
+    if int(task) >= len(runs):
+        raise BadInputError(f"task id {int(task)} is out of range: {manifest} holds {len(runs)} run(s) "
+                            f"(ids 0-{len(runs) - 1}); pass an id of that range" if runs else
+                            f"task id {int(task)} is out of range: {manifest} holds no runs; submit the sweep again")
     run = runs[int(task)]
     print(f"{run.label}: {run.command_line()}", flush=True)
     execute(run, plan)
@@ -233,8 +290,15 @@ def task_main(manifest: str, task: str) -> int:
     return 0 if run.status == "ok" else 1
 
 
-if __name__ == "__main__":  # python -m burn_plugin.backdoorbench.slurm task MANIFEST TASK_ID
-    if len(sys.argv) != 4 or sys.argv[1] != "task":
-        print("usage: python -m burn_plugin.backdoorbench.slurm task MANIFEST TASK_ID", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(task_main(sys.argv[2], sys.argv[3]))
+def main(argv: list[str] | None = None) -> int:
+    """``python -m burn_plugin.backdoorbench.slurm task MANIFEST TASK_ID`` (what the array script runs): a
+    bad id or manifest is one ``error: ...`` line and exit 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) != 3 or argv[0] != "task":
+        print("error: usage: python -m burn_plugin.backdoorbench.slurm task MANIFEST TASK_ID", file=sys.stderr)
+        return 2
+    return run_reporting_errors(lambda: task_main(argv[1], argv[2]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
