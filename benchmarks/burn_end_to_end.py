@@ -6,7 +6,7 @@ on an attack record and print the split {boundary_s, scoring_s, finetune_s, eval
 summary, its wall time, the process's peak RSS and, on CUDA, the peak GPU memory.
 The record is never written to: it is mirrored into a temporary BackdoorBench root (``record/<name>/``
 with a rewritten ``attack_result.pt`` and links to the poisoned PNGs and ``data/``), so BURN's boundary
-cache (``<record>/defense/.burn_cache``) and the results land in the temporary folder and every run
+cache (the user's folder, ``~/.cache/burn-plugin/boundary`` or ``$BURN_HOME/boundary``) and the results land in the temporary folder and every run
 recomputes the boundary analysis. ``--train-subset N`` keeps a stratified subset of N bd_train samples
 in the mirror (through BackdoorBench's own ``original_index_array``), so that a CPU run takes minutes;
 ``--train-subset 0`` keeps all.

@@ -28,7 +28,7 @@ For every record and every detector in ``--detectors`` (default: all of ``core/d
     python benchmarks/detectors.py --from-json badnet.json --from-json blended.json --markdown all.md
     python benchmarks/detectors.py --from-json badnet.json --runs --set box_aware=true --markdown all.md
 
-The boundary analysis is cached in ``<record>/defense/.burn_cache`` (as ``burn defend`` caches it),
+The boundary analysis is cached in the user's folder (``$BURN_HOME/boundary``, as ``burn defend`` caches it),
 so a second run, and the ``--defend`` runs, reuse it.
 """
 from __future__ import annotations

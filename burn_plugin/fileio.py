@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import hashlib
 import io
 import json
 import os
 import pickle
+import secrets
 import tempfile
 import warnings
 from pathlib import Path
@@ -25,7 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import CorruptFileError, OutputNotWritableError, RecordNotFoundError, UntrustedFileError
+from .errors import (CorruptFileError, OutputBusyError, OutputNotWritableError, RecordNotFoundError,
+                     ResumeMismatchError, UntrustedFileError)
 from .safe_globals import numpy_safe_globals
 
 
@@ -88,49 +92,101 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler for ``info.pickle``-style files: builtins and numpy scalars/arrays only."""
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """The exact ``(module, name)`` pairs a plain-pickle record file may name, and the objects they stand
+    for: plain containers and scalars, and numpy's array/dtype/scalar reconstructors under both the
+    numpy-1 and numpy-2 module names. No name is looked up by walking attributes, and no module is
+    allowed as a whole: a pair not in this table is refused, whatever the module."""
+    import builtins
+    import collections
 
-    _ALLOWED = {
-        ("builtins", n) for n in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "str",
-                                  "bool", "bytes", "complex", "slice", "range")
-    } | {("collections", "OrderedDict")}
+    import numpy.dtypes as npd
+
+    try:
+        from numpy._core import multiarray as ma  # numpy >= 2
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray as ma
+    table: dict[tuple[str, str], Any] = {
+        ("builtins", n): getattr(builtins, n)
+        for n in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bool", "bytes",
+                  "bytearray", "complex")
+    }
+    table[("collections", "OrderedDict")] = collections.OrderedDict
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        table[(mod, "_reconstruct")] = ma._reconstruct
+        table[(mod, "scalar")] = ma.scalar
+    table[("numpy", "ndarray")] = np.ndarray
+    table[("numpy", "dtype")] = np.dtype
+    for name in dir(npd):
+        obj = getattr(npd, name)
+        if not name.startswith("_") and isinstance(obj, type) and issubclass(obj, np.dtype):
+            table[("numpy.dtypes", name)] = obj
+    return table
+
+
+class _RecordUnpickler(pickle.Unpickler):
+    """The one unpickler for plain pickles inside a record (``info.pickle`` and the like): only the exact
+    names of :func:`_allowed_globals`; persistent ids are refused."""
+
+    _TABLE: dict[tuple[str, str], Any] | None = None
 
     def find_class(self, module: str, name: str):  # noqa: D401
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in ("_reconstruct", "scalar"):
-            return super().find_class("numpy._core.multiarray", name)
-        if module == "numpy" and name in ("ndarray", "dtype"):
-            return super().find_class(module, name)
-        if module == "numpy.dtypes":
-            return super().find_class(module, name)
-        raise _NotAllowed(f"{module}.{name}")
+        if _RecordUnpickler._TABLE is None:
+            _RecordUnpickler._TABLE = _allowed_globals()
+        obj = _RecordUnpickler._TABLE.get((module, name))
+        if obj is None:
+            raise _NotAllowed(f"{module}.{name}"[:120])
+        return obj
+
+    def persistent_load(self, pid):  # noqa: D401
+        raise _NotAllowed("a persistent id")
 
 
 class _NotAllowed(pickle.UnpicklingError):
     """A plain pickle asked for a global outside the allow-list (code would run to build it)."""
 
 
+def load_pickle_bytes(data: bytes, *, trusted: bool = False, encoding: str = "ASCII", what: str = "pickle") -> Any:
+    """Unpickle ``data`` with :class:`_RecordUnpickler` (``trusted``: the full unpickler). A global outside
+    the allow-list raises :class:`UntrustedFileError`; ``encoding`` as :class:`pickle.Unpickler`'s (Python-2
+    pickles of numpy arrays need ``latin1``)."""
+    if trusted:
+        return pickle.loads(data, encoding=encoding)
+    try:
+        return _RecordUnpickler(io.BytesIO(data), encoding=encoding).load()
+    except _NotAllowed as exc:
+        raise UntrustedFileError(f"{what} contains objects that only the full unpickler can build ({exc}), which "
+                                 f"would run code from the file; if you made this file yourself or trust its "
+                                 f"source, pass --trust-record") from None
+
+
+#: a settings file larger than this is not BackdoorBench's ``args.__dict__`` (a few KB)
+MAX_SETTINGS_BYTES = 16 * 1024 * 1024
+
+
 def load_settings_file(path: str | os.PathLike, *, trusted: bool = False) -> dict:
     """Read BackdoorBench's ``info.pickle`` (a ``torch.save``-d ``args.__dict__``) safely.
 
-    BackdoorBench writes it with ``torch.save``; older copies are plain pickles. Both are tried. In
-    safe mode a file that asks for anything but plain data is refused with
-    :class:`UntrustedFileError`, never executed.
+    Every read of a record's ``info.pickle`` goes through here. BackdoorBench writes it with
+    ``torch.save`` (read by :func:`torch_load`'s allow-list); older copies are plain pickles (read by
+    :class:`_RecordUnpickler`'s exact allow-list). In safe mode a file that asks for anything but plain
+    data is refused with :class:`UntrustedFileError`, never executed.
     """
     path = Path(path)
+    try:
+        if path.stat().st_size > MAX_SETTINGS_BYTES:
+            raise CorruptFileError(f"settings file {path} is {path.stat().st_size} bytes, far more than a settings "
+                                   f"dict; it is not BackdoorBench's info.pickle (delete or replace it)")
+    except OSError as exc:
+        raise RecordNotFoundError(f"cannot read settings file {path}: {exc.strerror} (check the path)") from exc
     try:
         obj = torch_load(path, trusted=trusted, what="settings file")
     except CorruptFileError:
         try:
-            with open(path, "rb") as fh:
-                obj = pickle.load(fh) if trusted else _RestrictedUnpickler(fh).load()
-        except _NotAllowed as exc:
-            raise UntrustedFileError(f"settings file {path} contains objects that only the full unpickler can build "
-                                     f"({exc}), which would run code from the file; if you made this file yourself "
-                                     f"or trust its source, pass --trust-record") from exc
-        except Exception as exc:  # noqa: BLE001
+            obj = load_pickle_bytes(path.read_bytes(), trusted=trusted, what=f"settings file {path}")
+        except UntrustedFileError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged pickle makes the unpickler raise
             raise CorruptFileError(f"settings file {path} cannot be read ({_first_line(exc)})") from exc
     if not isinstance(obj, dict):
         raise CorruptFileError(f"settings file {path} holds a {type(obj).__name__}, expected a dict")
@@ -226,7 +282,11 @@ def _json_default(o: Any):
 
 class FileCheckpoint:
     """``<folder>/last.pt``: a run's state after its last finished round, read safely (a checkpoint is
-    never trusted: it holds tensors and plain data only) and replaced atomically."""
+    never trusted: it holds tensors and plain data only) and replaced atomically.
+
+    Only a checkpoint this tool wrote for a run it started is resumed: every save carries the run's
+    token (:func:`start_run`), kept in the user's own folder, never in the output folder, so a
+    checkpoint that came with a downloaded record cannot match it."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -247,17 +307,25 @@ class FileCheckpoint:
             if not isinstance(obj, dict):
                 raise CorruptFileError(f"checkpoint {self.path} holds a {type(obj).__name__}, not a checkpoint; "
                                        f"delete it, or run again with --overwrite instead of --resume")
+            token = run_token(self.folder.parent)
+            if token is None or obj.get("started_by") != token:
+                raise ResumeMismatchError(f"checkpoint {self.path} was not written by a run that burn started here "
+                                          f"(a record can ship one); run without --resume, with --overwrite if a "
+                                          f"result is there")
             self._loaded = obj
         return self._loaded
 
     def save(self, state: dict) -> None:
+        out = self.folder.parent
+        state = {**state, "started_by": run_token(out) or start_run(out)}
         save_torch(state, self.path)
         self._loaded = state
 
 
 class FileBoundaryCache:
     """``<folder>/boundary_<key>.pt``: boundary analyses keyed by weights, data and settings. A broken
-    or unreadable entry is a miss (it is recomputed and replaced)."""
+    or unreadable entry is a miss (it is recomputed and replaced). ``burn defend`` keeps it in the
+    user's folder (:func:`boundary_cache_dir`), never in a record folder, whose files a stranger wrote."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -284,3 +352,97 @@ def writable_folder(folder: str | os.PathLike) -> bool:
         return True
     except OSError:
         return False
+
+
+# ----------------------------------------------------------------------------------------------
+# the user's own folder: caches and the marks of runs this tool started (never inside a record)
+
+def user_dir() -> Path:
+    """``$BURN_HOME``, else ``$XDG_CACHE_HOME/burn-plugin``, else ``~/.cache/burn-plugin``."""
+    if os.environ.get("BURN_HOME"):
+        return Path(os.environ["BURN_HOME"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "burn-plugin"
+
+
+def boundary_cache_dir() -> Path:
+    """Where ``burn defend`` caches boundary analyses: ``<user_dir>/boundary``."""
+    return user_dir() / "boundary"
+
+
+def _run_mark(out: str | os.PathLike) -> Path:
+    key = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:32]
+    return user_dir() / "runs" / f"{key}.json"
+
+
+def start_run(out: str | os.PathLike) -> str:
+    """Mark ``out`` as a run this tool started (a fresh random token in the user's folder) and return
+    the token; an earlier mark for the same folder is replaced, so its checkpoints no longer match."""
+    token = secrets.token_hex(16)
+    save_json({"output_dir": str(Path(out).resolve()), "token": token}, _run_mark(out))
+    return token
+
+
+def _read_mark(out: str | os.PathLike) -> dict:
+    try:
+        obj = json.loads(_run_mark(out).read_text())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) and isinstance(obj.get("token"), str) else {}
+
+
+def run_token(out: str | os.PathLike) -> str | None:
+    """The token of the run this tool last started in ``out``, or None (never started here)."""
+    return _read_mark(out).get("token")
+
+
+def finish_run(out: str | os.PathLike) -> None:
+    """Mark the run this tool started in ``out`` as finished: every file there is its own."""
+    mark = _read_mark(out)
+    if mark:
+        save_json({**mark, "finished": True}, _run_mark(out))
+
+
+def finished_here(out: str | os.PathLike) -> bool:
+    """True if the last run this tool started in ``out`` finished: its results are this tool's, not files
+    that came with a record."""
+    return _read_mark(out).get("finished") is True
+
+
+def started_here(out: str | os.PathLike) -> bool:
+    """True if this tool started a run in ``out`` (on this machine, for this user)."""
+    return run_token(out) is not None
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, *, what: str = "run"):
+    """Hold an exclusive lock for writing ``folder`` (a lock file ``.<name>.lock`` beside it); a second
+    holder is refused at once with :class:`OutputBusyError` (one line, exit 2), never let in to replace
+    the first one's files. The lock goes with the process, so a killed run leaves no lock in force, and
+    the file is removed on release (a holder checks that the file it locked is still the one at the path)."""
+    folder = Path(folder)
+    lock = folder.parent / f".{folder.name}.lock"
+    for _ in range(100):
+        lock.parent.mkdir(parents=True, exist_ok=True)   # an OSError here is the path's: the CLI reports it in one line
+        fh = open(lock, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise OutputBusyError(f"another {what} is writing into {folder} right now; wait for it to finish, or "
+                                  f"choose another output folder") from None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        fh.close()   # the holder before us removed this file on release: lock the new one
+    else:
+        raise OutputBusyError(f"cannot take the lock {lock}; try again")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        fh.close()

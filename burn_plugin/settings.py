@@ -11,6 +11,7 @@ as ignored in ``run.json``; any other unknown key is an error naming it.
 from __future__ import annotations
 
 import argparse
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,9 @@ def resolve_yaml(method: str, dataset: str | None, cwd: str | Path | None = None
     before the defense's own folder (:func:`defense_yaml_dir`). ``burn defend`` passes no ``cwd``;
     the BackdoorBench entry script passes its working directory. None when there is none.
     """
+    if dataset is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", str(dataset)):
+        raise ConfigError(f"dataset {str(dataset)!r:.80} is not a dataset name (letters, digits, '_' and '-'); "
+                          f"pass --dataset with one of the known names")
     own = defense_yaml_dir(method)
     checkout = Path(cwd) / "config" / "defense" / method if cwd is not None else None
     for folder, stem in ((checkout, dataset), (own, dataset), (checkout, "config"), (own, "config")):
@@ -134,6 +138,8 @@ def load_yaml(path: str | Path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{p} is not valid YAML{where}; fix the file") from None
+    except (ValueError, OverflowError) as exc:  # a value YAML parses but Python refuses (a 5000-digit integer)
+        raise ConfigError(f"{p} holds a value that cannot be read ({one_line(exc)[:120]}); fix the file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read YAML {p}: {exc}") from None
     if data is None:

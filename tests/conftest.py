@@ -7,6 +7,7 @@ the synthetic MNIST layout of ``tests/synthetic.py`` (40 train / 20 test images,
 from __future__ import annotations
 
 import io
+import os
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -18,6 +19,15 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# the user's folder (boundary cache, marks of started runs) for this test session only, inherited by
+# every subprocess the tests start: never the tester's own ~/.cache/burn-plugin
+if "BURN_HOME" not in os.environ or not os.environ.get("BURN_TEST_KEEP_HOME"):
+    import tempfile
+
+    os.environ["BURN_HOME"] = tempfile.mkdtemp(prefix="burn-home-")
+# the synthetic CIFAR batch files of tests/synthetic.py cannot match torchvision's md5 (a test unsets this)
+os.environ["BURN_UNVERIFIED_DATA"] = "1"
 
 from synthetic import class_images, make_mnist_layout  # noqa: E402
 

@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from burn_plugin.backdoorbench import register as R
 from burn_plugin.backdoorbench.defense import Burn, build_parser, make_defense_class
 from burn_plugin.cli import main as burn_main
+from burn_plugin.fileio import boundary_cache_dir
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic import make_mnist_layout  # noqa: E402
@@ -135,9 +137,7 @@ def test_the_entry_script_under_torchrun_gives_the_one_process_result(bb_root, b
     one = run_script(bb_root, *args, "--output_dir", "record/badnet_0_1/defense/burn_one",
                      env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert one.returncode == 0, one.stderr
-    cache = bb_root / "record" / "badnet_0_1" / "defense" / ".burn_cache"
-    for f in cache.iterdir():
-        f.unlink()
+    shutil.rmtree(boundary_cache_dir())  # the two-process run must analyse, not read the user's cache
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "defense/burn.py", *args, "--output_dir", "record/badnet_0_1/defense/burn_two"],
                          cwd=bb_root, capture_output=True, text=True, timeout=600,

@@ -14,6 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from burn_plugin.fileio import boundary_cache_dir
 from burn_plugin.core.distributed import CHUNKS, MIN_CHUNK_BATCHES, Group, chunk_size
 
 
@@ -81,7 +82,7 @@ def test_gloo_processes_give_the_one_process_result(record_copy, tmp_path, nproc
                           "--dataset_path", data, "--output_dir", str(tmp_path / "one")],
                          capture_output=True, text=True, env=_env(), timeout=600)
     assert one.returncode == 0, one.stderr
-    shutil.rmtree(folder / "defense" / ".burn_cache")  # the two-process run must analyse, not read the cache
+    shutil.rmtree(boundary_cache_dir())  # the two-process run must analyse, not read the user's cache
     two = _torchrun(nproc, "defend", "--attack_folder", str(folder), *args, "--dataset_path", data,
                     "--output_dir", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-3000:]

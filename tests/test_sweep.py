@@ -125,6 +125,9 @@ open(os.path.join(out, "burn_df_summary.csv"), "w").write(
 json.dump({"method": method, "wall_seconds": WALL, "data_used": "poisoned training set (no clean data)"},
           open(os.path.join(out, "run.json"), "w"))
 shutil.copy(os.path.join(FIXTURES, "ok.pt"), os.path.join(out, "defense_result.pt"))
+from burn_plugin.fileio import finish_run, start_run   # what `burn defend` does: this run is burn's own
+start_run(out)
+finish_run(out)
 '''
 
 

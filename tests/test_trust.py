@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from burn_plugin.cli import main
+from burn_plugin.fileio import boundary_cache_dir
 from conftest import small_state_dict
 from test_cli_errors import assert_one_error_line, run
 from synthetic import make_mnist_layout
@@ -186,7 +187,7 @@ def test_resume_with_a_broken_checkpoint_is_one_line_before_any_work(capsys, rec
         last.write_bytes(last.read_bytes()[:200])
     else:
         torch.save({"round": 0, "evil": Planted(marker)}, last)
-    cache = record / "defense" / ".burn_cache"
+    cache = boundary_cache_dir()
     cached = sorted(cache.glob("*")) if cache.is_dir() else []
     logs = sorted((out / "log").glob("*"))
     rc, _, err = run(capsys, "defend", "--attack_folder", record, *FAST, "--output_dir", out, "--resume")
@@ -206,7 +207,8 @@ def test_a_record_that_cannot_be_written_runs_with_a_writable_output_dir(capsys,
     rc, stdout, err = run(capsys, "defend", "--attack_folder", ro, *FAST, "--output_dir", out,
                           "--dataset_path", record.parent.parent / "data")
     assert rc == 0, err
-    assert (out / "defense_result.pt").is_file() and list((out / ".burn_cache").glob("boundary_*.pt"))
+    assert (out / "defense_result.pt").is_file() and list(boundary_cache_dir().glob("boundary_*.pt"))
+    assert not (ro / "defense").is_dir()   # nothing was written into the record
     rc, _, err = run(capsys, "defend", "--attack_folder", ro, *FAST, "--dataset_path", record.parent.parent / "data")
     assert_one_error_line(rc, err, "cannot write results", "--output_dir", code=1)
 

@@ -1,6 +1,7 @@
 """``burn register``, ``burn doctor`` and ``burn sweep`` (imported by :func:`burn_plugin.cli.main` at start-up)."""
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections import Counter
 
@@ -63,7 +64,6 @@ cmd_doctor.configure = _bb_root_flag
 def cmd_sweep(args) -> int:
     """See :mod:`burn_plugin.backdoorbench.sweep`."""
     from ..defend import resolve_device
-    from .sweep import plan_sweep, run_sweep, summary_lines
 
     quiet = getattr(args, "quiet", False)
     # a login node submitting GPU jobs has no GPU itself: with Slurm only the name is checked here
@@ -73,6 +73,20 @@ def cmd_sweep(args) -> int:
     def progress(msg: str) -> None:
         if not quiet:
             print(msg, file=sys.stderr, flush=True)
+
+    if args.dry_run or args.status:
+        lock = contextlib.nullcontext()
+    else:   # one sweep at a time on a checkout: a second one would take the first's live runs, or submit them twice
+        from ..fileio import folder_lock
+        from .register import resolve_bb_root
+
+        lock = folder_lock(resolve_bb_root(args.bb_root) / "record", what="burn sweep")
+    with lock:
+        return _sweep(args, device, progress, quiet)
+
+
+def _sweep(args, device, progress, quiet) -> int:
+    from .sweep import plan_sweep, run_sweep, summary_lines
 
     plan = plan_sweep(args.bb_root, attacks=args.attacks, defenses=args.defenses, device=device, fast=args.fast,
                       python=args.python, dataset=args.dataset, model=args.model,

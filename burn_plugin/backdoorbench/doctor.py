@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..bench.datasets import known_dataset
 from .register import check_bb_root, installed_state
 
 # import name -> (pip name, why)
@@ -72,7 +73,7 @@ def _record_dataset(folder: Path) -> str | None:
         ds = load_settings_file(info).get("dataset") if info.is_file() else None
     except Exception:  # noqa: BLE001 - an unreadable info.pickle is reported as "dataset unknown"
         return None
-    return ds if isinstance(ds, str) else None
+    return ds if known_dataset(ds) else None   # a record's name forms a path only once it is checked
 
 
 def diagnose(bb_root: str | os.PathLike) -> list[Check]:

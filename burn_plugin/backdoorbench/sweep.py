@@ -51,7 +51,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..bench.datasets import known_dataset
 from ..errors import BadInputError, BurnError, RecordNotFoundError, UnknownNameError, UntrustedFileError
+from ..fileio import finish_run, finished_here, folder_lock, start_run, started_here
 
 #: the standalone runner launched with BackdoorBench's interpreter
 RUNNER = Path(__file__).resolve().with_name("bb_runner.py")
@@ -280,6 +282,9 @@ def read_attack_info(folder: Path, *, dataset: str | None, model: str | None, tr
     if model and rec_model and model != rec_model:
         raise BadInputError(f"--model {model} disagrees with record {folder.name}, whose model is {rec_model}; "
                             f"drop --model or pass --model {rec_model}")
+    if rec_dataset is not None and not known_dataset(rec_dataset):
+        raise BadInputError(f"record {folder.name} names dataset {rec_dataset!r:.80}, which is no dataset the plugin or "
+                            f"BackdoorBench knows; the record is damaged or hostile (pass --dataset to override)")
     ds, mdl = dataset or rec_dataset, model or rec_model
     if not ds or not mdl:
         what = " and ".join(w for w, v in (("dataset", ds), ("model", mdl)) if not v)
@@ -364,6 +369,28 @@ def result_state(defense_dir: Path) -> str:
     return "ok" if isinstance(obj, dict) and obj else "empty"
 
 
+def settings_key(command: Sequence) -> list[str]:
+    """What a run's command says about its settings: the command without the flags that only say how
+    to treat an earlier result (``--overwrite``, ``--resume``)."""
+    return [str(c) for c in command if str(c) not in ("--overwrite", "--resume")]
+
+
+def is_done(out: Path, command: Sequence) -> bool:
+    """A finished result counts as done only when this tool made it (:func:`~burn_plugin.fileio.finished_here`:
+    a record can ship ``defense/<name>/`` with any files in it) and the sweep that made it used the
+    settings this one would use (its ``sweep_run.json`` command); anything else is run again."""
+    import json
+
+    if not finished_here(out):
+        return False
+    try:
+        rec = json.loads((Path(out) / "sweep_run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(rec, dict) and rec.get("status") == "ok" and \
+        isinstance(rec.get("command"), list) and settings_key(rec["command"]) == settings_key(command)
+
+
 def build_command(plan_root: Path, python: str, info: AttackInfo, defense: str, *, device: str, fast: bool,
                   seed: int, trusted: bool, state: str, rerun: bool) -> tuple[list[str], list[str], list[str]]:
     """(command, fixes, fast settings) for one run."""
@@ -388,10 +415,11 @@ def build_command(plan_root: Path, python: str, info: AttackInfo, defense: str, 
         cmd += ["--index", str(info.index)]
     if trusted:
         cmd.append("--trust_record")
+    out = info.folder / "defense" / defense
     if rerun or state != "missing":
         cmd.append("--overwrite")  # asked for again, or a broken result: `burn defend` never replaces one silently
-    elif (info.folder / "defense" / defense).is_dir():
-        cmd.append("--resume")  # an interrupted run continues from its last round checkpoint
+    elif started_here(out) and (out / "checkpoint" / "last.pt").is_file():
+        cmd.append("--resume")  # an interrupted run this tool started continues from its last round checkpoint
     return cmd + fast_args, [], fast_args
 
 
@@ -436,9 +464,9 @@ def plan_sweep(bb_root, *, attacks=None, defenses=None, device: str = "cpu", fas
         for n in names:
             out = info.folder / "defense" / n
             state = result_state(out)
-            action = "run" if rerun or state != "ok" else "skip"
             cmd, fixes, fast_args = build_command(root, py, info, n, device=device, fast=fast, seed=seed,
                                                   trusted=trusted, state=state, rerun=rerun)
+            action = "skip" if not rerun and state == "ok" and is_done(out, cmd) else "run"
             env = {"PYTHONUNBUFFERED": "1"}
             if DEFENSES[n].runner == BACKDOORBENCH:
                 env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ inside the checkout
@@ -529,13 +557,24 @@ def _read_fix_report(path: Path) -> dict:
 
 def execute(run: SweepRun, plan: SweepPlan, *, tick: Callable[[float], None] | None = None,
             poll_s: float = 0.5) -> None:
-    """Run one subprocess, its output in ``sweep_log.txt``; fills status, wall time and the fixes that acted."""
+    """Run one subprocess, its output in ``sweep_log.txt``; fills status, wall time and the fixes that acted.
+    A BackdoorBench run holds the output folder's lock (``burn defend`` takes its own) and marks the folder
+    as started and finished by this tool."""
+    if run.runner != BACKDOORBENCH:
+        return _execute(run, plan, tick=tick, poll_s=poll_s)
+    with folder_lock(run.out_dir, what=f"run of {run.defense}"):
+        _execute(run, plan, tick=tick, poll_s=poll_s)
+
+
+def _execute(run: SweepRun, plan: SweepPlan, *, tick, poll_s: float) -> None:
     if run.runner == BACKDOORBENCH and (run.out_dir.exists() and (run.state != "missing" or
                                                                   any(run.out_dir.iterdir()))):
         moved = _move_aside(run.out_dir)
         if moved is not None:
             run.note = f"previous folder moved to {moved}"
     run.out_dir.mkdir(parents=True, exist_ok=True)
+    if run.runner == BACKDOORBENCH:
+        start_run(run.out_dir)
     for stale in (run.report,):
         if stale.exists():
             stale.unlink()
@@ -586,6 +625,8 @@ def execute(run: SweepRun, plan: SweepPlan, *, tick: Callable[[float], None] | N
         run.note = "; ".join(why + ([run.note] if run.note else []))
         run.log_tail = _tail(run.log)
     write_run_files(run, plan, started, _now())
+    if run.runner == BACKDOORBENCH and run.status == "ok":
+        finish_run(run.out_dir)
 
 
 def format_seconds(s: float | None) -> str:

@@ -37,7 +37,7 @@ import torch
 from ..bench.datasets import choose_clean_index, index_text
 from ..core.ulrl import ULRLConfig, run_ulrl
 from ..errors import BadInputError, CorruptFileError, EmptySelectionError
-from ..fileio import save_text
+from ..fileio import finished_here, save_text
 from . import defense
 
 log = logging.getLogger("burn.ulrl")
@@ -111,7 +111,14 @@ def _ulrl(*, record, model, config, device, evaluator, out: Path, resume: bool, 
     files = {}
     if cfg.clean_source in ("burn", "burn_balanced"):
         bd = record.tensors("bd_train")
-        path = Path(cfg.burn_result).expanduser() if cfg.burn_result else record.folder / "defense" / "burn" / "scores.npz"
+        if cfg.burn_result:   # the user's word: a file they chose
+            path = Path(cfg.burn_result).expanduser()
+        else:   # the record's own BURN result, only if this tool made it (a record can ship one)
+            path = record.folder / "defense" / "burn" / "scores.npz"
+            if path.is_file() and not finished_here(path.parent):
+                raise BadInputError(f"{path} was not written by a BURN run that burn finished here (a record can ship "
+                                    f"one); run `burn defend` on this record first (--overwrite replaces that "
+                                    f"folder), or pass --burn_result with a result you trust")
         pos, t = burn_clean_positions(path, len(bd), bd.label.numpy(), balanced=cfg.clean_source == "burn_balanced")
         sel = torch.from_numpy(pos)
         x, y = bd.x[sel], bd.label[sel]
