@@ -69,14 +69,24 @@ def rank_device(device: str) -> str:
 
 @contextlib.contextmanager
 def process_group(device: str, method: str):
-    """Join torchrun's process group for the run (nothing outside torchrun). A failure on this rank
-    becomes one ``error: rank R of W failed: ...`` line (torchrun then stops the other ranks)."""
-    world = torchrun_world()
+    """Join torchrun's process group for the run (nothing outside torchrun: ``WORLD_SIZE``/``RANK`` left
+    in a shell without torchrun's ``TORCHELASTIC_RUN_ID`` make a one-process run, with a warning). The
+    rendezvous waits at most ``$BURN_RENDEZVOUS_TIMEOUT`` seconds (default 60) for the other ranks; a
+    failure on this rank becomes one ``error: rank R of W ...`` line (torchrun then stops the others)."""
+    from .errors import RENDEZVOUS_TIMEOUT_VAR, stray_torchrun_variables, torchrun_env
+
+    env = torchrun_env()
+    world = env["world"]
     if world == 1:
+        stray = stray_torchrun_variables()
+        if stray:
+            print(f"warning: {' and '.join(stray)} set but torchrun did not start this process; running as one "
+                  f"process (unset {' and '.join(stray)}, or start the run with torchrun)", file=sys.stderr, flush=True)
         yield
         return
     import torch.distributed as dist
 
+    from .core.distributed import join_process_group
     from .defenses import get_defense
 
     if not get_defense(method).distributed:
@@ -86,7 +96,9 @@ def process_group(device: str, method: str):
         torch.cuda.set_device(torch.device(device))
     started_here = not dist.is_initialized()
     if started_here:
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        join_process_group("nccl" if device.startswith("cuda") else "gloo", rank=env["rank"], world=world,
+                           timeout_s=env["timeout"], where=f"{env['master_addr']}:{env['master_port']}",
+                           retry_hint=f", or raise {RENDEZVOUS_TIMEOUT_VAR} (seconds; now {env['timeout']:g})")
     rank = dist.get_rank()
     burn_log = logging.getLogger("burn")
     level = burn_log.level

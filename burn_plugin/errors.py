@@ -81,22 +81,91 @@ class RankFailedError(BurnError):
     """One process of a ``torchrun`` run failed; ``torchrun`` then stops the others."""
 
 
-def torchrun_world() -> int:
-    """How many processes ``torchrun`` started this run with (1 outside torchrun)."""
+#: set by torchrun (``torch.distributed.run``) in every process it starts; ``WORLD_SIZE``/``RANK`` without
+#: it were left in the environment by hand (an ``export`` in a shell) and make no multi-process run
+TORCHRUN_MARK = "TORCHELASTIC_RUN_ID"
+#: seconds a rank waits for the others to join the process group (override with this variable)
+RENDEZVOUS_TIMEOUT_VAR = "BURN_RENDEZVOUS_TIMEOUT"
+DEFAULT_RENDEZVOUS_TIMEOUT = 60.0
+
+
+def started_by_torchrun() -> bool:
+    """True if torchrun started this process (its ``TORCHELASTIC_RUN_ID`` is set)."""
+    return bool(os.environ.get(TORCHRUN_MARK))
+
+
+def stray_torchrun_variables() -> list[str]:
+    """torchrun's variables set to a multi-process value in a process torchrun did not start (they are
+    ignored: the run is one process)."""
+    if started_by_torchrun():
+        return []
+    return [k for k, one in (("WORLD_SIZE", "1"), ("RANK", "0")) if os.environ.get(k, one).strip() not in ("", one)]
+
+
+def _env_int(name: str, lo: int, hi: int, fix: str) -> int:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        raise ConfigError(f"{name} is not set although torchrun's {TORCHRUN_MARK} is; {fix}")
     try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+        v = int(raw.strip())
     except ValueError:
-        raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number; start the run with "
-                          f"torchrun, or unset WORLD_SIZE") from None
+        v = None
+    if v is None or not lo <= v <= hi:
+        raise ConfigError(f"{name}={one_line(raw)[:40]!r} is not an integer in [{lo}, {hi}]; {fix}")
+    return v
+
+
+def torchrun_world() -> int:
+    """How many processes ``torchrun`` started this run with: 1 outside torchrun (``WORLD_SIZE`` and
+    ``RANK`` are read only in a process torchrun started; see :data:`TORCHRUN_MARK`); a torchrun
+    variable that is missing or malformed is one :class:`ConfigError` line."""
+    return torchrun_env()["world"]
+
+
+def torchrun_env() -> dict:
+    """``{world, rank, local_rank, master_addr, master_port, timeout}`` of this process: one rank of one
+    outside torchrun; under torchrun every variable it sets, checked (``MASTER_ADDR``/``MASTER_PORT`` and
+    the rendezvous timeout only for more than one process)."""
+    if not started_by_torchrun():
+        return {"world": 1, "rank": 0, "local_rank": 0}
+    fix = "start the run with torchrun (which sets it), or unset TORCHELASTIC_RUN_ID for one process"
+    world = _env_int("WORLD_SIZE", 1, 1 << 16, fix)
+    env = {"world": world, "rank": _env_int("RANK", 0, world - 1, fix),
+           "local_rank": _env_int("LOCAL_RANK", 0, world - 1, fix)}
+    if world > 1:
+        addr = os.environ.get("MASTER_ADDR", "").strip()
+        if not addr:
+            raise ConfigError(f"MASTER_ADDR is not set; {fix}")
+        env.update(master_addr=addr, master_port=_env_int("MASTER_PORT", 1, 65535, "pass torchrun a free "
+                                                          "--master_port (1..65535), or leave it to --standalone"),
+                   timeout=rendezvous_timeout())
+    return env
+
+
+def rendezvous_timeout() -> float:
+    """Seconds a rank waits for the others to join (``$BURN_RENDEZVOUS_TIMEOUT``, default 60)."""
+    raw = os.environ.get(RENDEZVOUS_TIMEOUT_VAR, "").strip()
+    if not raw:
+        return DEFAULT_RENDEZVOUS_TIMEOUT
+    try:
+        v = float(raw)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v <= 86400:  # also NaN
+        raise ConfigError(f"{RENDEZVOUS_TIMEOUT_VAR}={one_line(raw)[:40]!r} must be a number of seconds in "
+                          f"(0, 86400]; unset it for the default {DEFAULT_RENDEZVOUS_TIMEOUT:g}")
+    return v
 
 
 def quiet_rank() -> bool:
     """True in every process but the first of a multi-process ``torchrun`` run: the input errors that
-    every rank finds alike are reported once, by rank 0 (a :class:`RankFailedError` by its own rank)."""
+    every rank finds alike are reported once, by rank 0 (a :class:`RankFailedError` by its own rank).
+    Never outside torchrun, whatever ``WORLD_SIZE``/``RANK`` a shell left behind."""
     try:
-        return torchrun_world() > 1 and os.environ.get("RANK", "0") != "0"
+        env = torchrun_env()
     except ConfigError:  # reporting that very error: every rank says it
         return False
+    return env["world"] > 1 and env["rank"] != 0
 
 
 #: errno values that mean "the path you gave is wrong" (exit 2), not "the machine failed" (exit 1)

@@ -42,6 +42,14 @@ CONTAINER_KEYS = ("save_folder_path", "data_dict", "save_file_format")
 class PoisonContainer:
     """The poisoned samples of one split: original index -> (image, bd_label, original_label)."""
 
+    #: largest side a stored poisoned PNG may declare: a record's images have its dataset's size (at
+    #: most 64x64 for the registered datasets); 8x the largest registered side, at least 256, leaves
+    #: room for any real record and refuses a decompression bomb from its header, before decoding
+    @staticmethod
+    def max_side() -> int:
+        sides = [max(D.get_spec(n).height, D.get_spec(n).width) for n in D.list_datasets()]
+        return max([256] + [8 * s for s in sides])
+
     def __init__(self, data_dict: dict, save_folder_path: str | None, resolve=None):
         self.data_dict = {_as_int(k, "a data_dict key"): _check_entry(k, v) for k, v in data_dict.items()}
         self.save_folder_path = save_folder_path
@@ -57,14 +65,28 @@ class PoisonContainer:
     def image(self, idx: int) -> Image.Image:
         v = self.data_dict[idx]
         if isinstance(v, dict):
+            import warnings
+
             path = self._resolve(v["path"])
             try:
-                with Image.open(path) as im:
-                    im.load()
-                    return im.copy()
+                with warnings.catch_warnings():  # the size is judged below from the header, before decoding
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    with Image.open(path) as im:
+                        side = self.max_side()
+                        if not (0 < im.size[0] <= side and 0 < im.size[1] <= side):
+                            raise CorruptFileError(
+                                f"poisoned image {v['path']} (at {path}) declares {im.size[0]}x{im.size[1]} pixels, "
+                                f"more than any dataset's images (at most {side}x{side} accepted; a decompression "
+                                f"bomb?); the record folder is damaged or hostile")
+                        im.load()
+                        return im.copy()
             except FileNotFoundError:
                 raise RecordNotFoundError(f"poisoned image {v['path']} not found (looked at {path}); "
                                           f"keep bd_train_dataset/ and bd_test_dataset/ beside attack_result.pt") from None
+            except Image.DecompressionBombError:
+                raise CorruptFileError(f"poisoned image {v['path']} (at {path}) declares far more pixels than any "
+                                       f"dataset's images (a decompression bomb?); the record folder is damaged "
+                                       f"or hostile") from None
             except (OSError, ValueError, SyntaxError) as exc:  # a folder, not an image, a truncated PNG ...
                 raise CorruptFileError(f"poisoned image {v['path']} (at {path}) cannot be read ({exc}); "
                                        f"the record folder is damaged") from None

@@ -73,6 +73,58 @@ from typing import Any
 
 from ..errors import ConfigError
 
+#: the largest value an integer setting may take (batch sizes, iterations, neurons ...): far above any
+#: useful run, small enough that a slip such as ``1e23`` is refused at once instead of running forever
+MAX_INT_SETTING = 1_000_000
+#: tighter bounds for settings that count whole passes over the data
+MAX_PASSES = 10_000
+#: per-key maxima of integer settings shared by the methods' configs (others: ``MAX_INT_SETTING``)
+INT_MAXIMA = {"rounds": MAX_PASSES, "epochs": MAX_PASSES, "unlearning_epochs": MAX_PASSES,
+              "relearn_epochs": MAX_PASSES, "candidates": MAX_PASSES, "search_iter": 1_000,
+              "random_seed": 2 ** 32 - 1}
+
+
+def show_int(v: int) -> str:
+    """``v`` for a message: its digits when short, else its size (Python refuses to print an int of
+    more than 4300 digits, and a 60-digit number says less than ``about 1e59``)."""
+    if -10 ** 15 < v < 10 ** 15:
+        return str(v)
+    return f"{'-' if v < 0 else ''}about 1e{round(math.log10(abs(v)))}"
+
+
+def integer_setting(key: str, value: Any, *, maximum: int | None = None, flag: str = "", source: str = "") -> int:
+    """``value`` as the integer setting ``key``: an int, or a float or numeric string with an integral
+    value (``1e3`` -> 1000, exactly), at most ``maximum`` (default :func:`int_maximum`); anything else,
+    a fraction, NaN, Inf or a huge value, is one :class:`ConfigError` naming the key and the bound."""
+    name = (flag or key) + (f" in {source}" if source else "")
+    hi = int_maximum(key) if maximum is None else maximum
+    v = value
+    if isinstance(v, str):
+        s = v.strip()
+        try:
+            v = int(s)
+        except ValueError:
+            try:
+                v = float(s)
+            except ValueError:
+                raise ConfigError(f"{name} must be an integer, got {value!r:.60}") from None
+    if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
+        raise ConfigError(f"{name} must be a whole number, got {value!r:.60}")
+    try:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) and not hasattr(v, "__index__"):
+            raise TypeError
+        v = int(v)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{name} must be an integer, got {value!r:.60}") from None
+    if v > hi:
+        raise ConfigError(f"{name} must be at most {hi:,}, got {show_int(v)}; use a smaller value")
+    return v
+
+
+def int_maximum(key: str) -> int:
+    """The largest value integer setting ``key`` may take."""
+    return INT_MAXIMA.get(key, MAX_INT_SETTING)
+
 
 class ConfigBase:
     """Shared behaviour of the methods' config dataclasses (BURN, FT, ULRL): field names are the YAML
@@ -84,7 +136,17 @@ class ConfigBase:
     _HELP: dict = {}           # key -> one line for --help
 
     def __post_init__(self):
+        self._check_int_bounds()
         self.validate()
+
+    def _check_int_bounds(self) -> None:
+        """Every integer setting at most its maximum (:func:`int_maximum`), before anything else looks at
+        it: a ``rounds`` of ``1e23`` is refused here, not run (each config checks types and minima)."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if (type(f.default) is int and isinstance(v, int) and not isinstance(v, bool)
+                    and v > int_maximum(f.name)):
+                integer_setting(f.name, v)  # raises, naming the bound
 
     def validate(self) -> None:  # each config checks its own fields
         raise NotImplementedError
@@ -268,10 +330,8 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
             if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
                 return value.lower() in ("true", "1", "yes")
             raise ValueError
-        if isinstance(default, int):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
+        if isinstance(default, int):  # 1e3 (a string to YAML 1.1) or 1.0e+3 -> 1000; 1e23 refused
+            return integer_setting(key, value, source=source)
         if isinstance(default, float):
             if isinstance(value, bool):
                 raise ValueError

@@ -11,17 +11,26 @@ arithmetic depends on its size and contents only, not on which process runs it).
 rank 0 alone (its sets are a few thousand samples; see :func:`~burn_plugin.core.burn.run_burn`), whose
 weights are then broadcast.
 
-No file I/O, no environment reading: :func:`current_group` only asks ``torch.distributed`` whether a
-process group is up (the defend layer starts it from torchrun's variables).
+No environment reading: :func:`current_group` only asks ``torch.distributed`` whether a process group
+is up; the defend layer starts it from torchrun's variables with :func:`join_process_group`, whose
+rendezvous waits a bounded time for the other ranks (its C++ messages are held in a temporary file
+and shown only when it succeeds: a failure is one line).
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from ..errors import RankFailedError
 
 #: chunks per training set: whole chunks go to the ranks, so 16 balance 2, 4, 8 or 16 ranks evenly
 CHUNKS = 16
@@ -115,3 +124,69 @@ def chunk_size(batch_size: int, n: int) -> int:
     60,000 at the default 256)."""
     n_batches = -(-max(n, 1) // batch_size)
     return batch_size * max(MIN_CHUNK_BATCHES, -(-n_batches // CHUNKS))
+
+
+def join_process_group(backend: str, *, rank: int, world: int, timeout_s: float, where: str,
+                       retry_hint: str = "") -> None:
+    """``init_process_group(backend)`` for ``rank`` of ``world`` (``env://``, as torchrun sets it up),
+    with the rendezvous bounded by ``timeout_s``: a rank whose peers do not join in time (or cannot be
+    reached at ``where``) gets one :class:`RankFailedError` line naming the timeout and the fix instead
+    of waiting the backend's default half hour. Once joined, collectives and the store get the
+    backend's own default timeout back (rank 0 fine-tunes alone for minutes while the others wait)."""
+    from torch.distributed.constants import default_pg_timeout
+
+    try:
+        from torch.distributed.constants import default_pg_nccl_timeout
+    except ImportError:  # pragma: no cover - builds without NCCL
+        default_pg_nccl_timeout = None
+    short = timedelta(seconds=timeout_s)
+    long = (default_pg_nccl_timeout or default_pg_timeout) if backend == "nccl" else default_pg_timeout
+    with _held_stderr() as held:
+        try:
+            store, rank, world = next(dist.rendezvous("env://", rank=rank, world_size=world, timeout=short))
+            store.set_timeout(short)  # the backend's own connection step waits no longer than the rendezvous
+            dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank,
+                                    world_size=world, timeout=long)
+            store.set_timeout(long)
+        except Exception as exc:  # noqa: BLE001 - every rendezvous failure becomes one line
+            held.failed = True
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            if isinstance(exc, dist.DistError) and "timed out" in str(exc).lower():
+                raise RankFailedError(
+                    f"rank {rank} of {world}: the other processes did not join within {timeout_s:g} s (rendezvous "
+                    f"at {where}); start all {world} with torchrun (on every node the same --nnodes, --master_addr "
+                    f"and --master_port){retry_hint}") from None
+            raise RankFailedError(f"rank {rank} of {world} could not join the process group at {where} "
+                                  f"({type(exc).__name__}: {first}); check MASTER_ADDR and MASTER_PORT (a free "
+                                  f"port, reachable from every node)") from None
+
+
+class _Held:
+    failed = False
+
+
+@contextlib.contextmanager
+def _held_stderr():
+    """Hold what C/C++ code writes to file descriptor 2 (c10d logs every retry of a rendezvous there);
+    shown afterwards unless ``failed`` was set (the error line says it all then)."""
+    held = _Held()
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):  # no real descriptor (captured output): nothing to hold
+        yield held
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield held
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            if not held.failed:
+                tmp.seek(0)
+                text = tmp.read()
+                if text:
+                    os.write(fd, text)

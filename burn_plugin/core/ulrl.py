@@ -53,7 +53,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import NonFiniteLossError, ShapeMismatchError
-from .config import ConfigBase, _num, need
+from .config import MAX_PASSES, ConfigBase, _num, need
 from .tensors import PixelSpaceModel, to_float
 from .train import NonFiniteLoss, train_epochs
 
@@ -135,8 +135,9 @@ class ULRLConfig(ConfigBase):
         need(_num(self.steplr_gamma) and 0 < self.steplr_gamma <= 1,
              f"steplr_gamma must lie in (0, 1], got {self.steplr_gamma!r}")
         ms = self.steplr_milestones
-        need(isinstance(ms, (tuple, list)) and all(_num(m) and float(m).is_integer() and m >= 1 for m in ms),
-             f"steplr_milestones must be a list of epoch numbers >= 1, got {ms!r:.60}")
+        need(isinstance(ms, (tuple, list)) and len(ms) <= MAX_PASSES
+             and all(_num(m) and float(m).is_integer() and 1 <= m <= MAX_PASSES for m in ms),
+             f"steplr_milestones must be a list of epoch numbers in [1, {MAX_PASSES:,}], got {ms!r:.60}")
         self.steplr_milestones = tuple(int(m) for m in ms)
         need(list(self.steplr_milestones) == sorted(self.steplr_milestones),
              f"steplr_milestones must be increasing, got {list(self.steplr_milestones)}")

@@ -10,11 +10,20 @@ make its trigger (the clean training data, a clean-trained helper model; see ``r
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
+import os
+import warnings
 from typing import Callable
 
 import numpy as np
 
-from ...errors import ConfigError, EmptySelectionError, UnknownNameError
+from ...errors import ConfigError, CorruptFileError, EmptySelectionError, UnknownNameError
+
+#: the largest trigger/mask image accepted, per side: the image is resized to the dataset's (at most
+#: 64x64 here) anyway, and a bigger header is a mistake or a decompression bomb
+MAX_TRIGGER_SIDE = 4096
 
 _ATTACKS: dict[str, type] = {}
 
@@ -29,12 +38,19 @@ class Attack:
     info_name: str | None = None   # the ``attack`` BackdoorBench writes into info.pickle, where it differs
 
     def __init__(self, **params):
+        from ...core.config import integer_setting
+
         for k, (typ, default, _help) in self.PARAMS.items():
             v = params.get(k, default)
+            if v is not None and typ is int:   # bounded up front: --encoder_steps 1e23 is refused, not run
+                v = integer_setting(k, v, flag=f"--{k}")
             try:
-                setattr(self, k, typ(v) if v is not None else None)
-            except (TypeError, ValueError):
+                v = typ(v) if v is not None else None
+            except (TypeError, ValueError, OverflowError):
                 raise ConfigError(f"--{k} must be a {typ.__name__}, got {v!r:.40}") from None
+            if typ is float and v is not None and not math.isfinite(v):
+                raise ConfigError(f"--{k} must be a finite number, got {v}")
+            setattr(self, k, v)
 
     def prepare(self, ctx) -> None:
         """Runs once before poisoning (``ctx``: :class:`~burn_plugin.bench.attacks.run.AttackContext`)."""
@@ -101,11 +117,107 @@ def get_attack(name: str, **kwargs):
 
 
 def _load_image(path: str, h: int, w: int, c: int) -> np.ndarray:
-    from PIL import Image
+    """The trigger/mask image ``path`` as an ``(h, w, c)`` (``(h, w)`` for ``c == 1``) uint8 array,
+    read-only; decoded once per size (attacks ask for it per poisoned sample)."""
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+        stamp = (st.st_mtime_ns, st.st_size)
+    except OSError:  # open_image names the problem
+        stamp = None
+    return _decoded_image(path, stamp, h, w, c)
 
-    with Image.open(path) as im:
+
+@functools.lru_cache(maxsize=8)
+def _decoded_image(path: str, stamp, h: int, w: int, c: int) -> np.ndarray:
+    with open_image(path, "trigger image") as im:
         im = im.convert("RGB" if c == 3 else "L").resize((w, h))
-        return np.asarray(im, dtype=np.uint8)
+        arr = np.asarray(im, dtype=np.uint8).copy()
+    arr.setflags(write=False)
+    return arr
+
+
+def check_image(path: str, what: str = "trigger image") -> None:
+    """Refuse, up front and from its header alone, an image that cannot be a trigger (see :func:`open_image`)."""
+    with open_image(path, what):
+        pass
+
+
+@contextlib.contextmanager
+def open_image(path, what: str):
+    """``PIL.Image.open(path)`` for an image file the user names: a missing file, a file that is not an
+    image, a header larger than ``MAX_TRIGGER_SIDE`` per side (a decompression bomb: the pixels are never
+    decoded) or a file that fails to decode is one :class:`BadInputError` line naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise ConfigError(f"{what} {p} not found (or not a file); check the path")
+    try:
+        with warnings.catch_warnings():   # the bound below decides, from the header, before any decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(p)
+    except Image.DecompressionBombError:
+        raise ConfigError(f"{what} {p} declares far too many pixels to be a trigger (a decompression bomb?); "
+                          f"use an image of at most {MAX_TRIGGER_SIDE}x{MAX_TRIGGER_SIDE}") from None
+    except (UnidentifiedImageError, ValueError, SyntaxError, OSError) as exc:
+        raise CorruptFileError(f"{what} {p} is not an image PIL can read ({type(exc).__name__}); give a PNG or "
+                               f"JPEG file") from None
+    try:
+        w, h = im.size
+        if not (0 < w <= MAX_TRIGGER_SIDE and 0 < h <= MAX_TRIGGER_SIDE):
+            raise ConfigError(f"{what} {p} is {w}x{h} pixels; use an image of at most "
+                              f"{MAX_TRIGGER_SIDE}x{MAX_TRIGGER_SIDE} (it is resized to the dataset's size anyway)")
+        try:
+            yield im
+        except (OSError, ValueError, SyntaxError) as exc:  # decoding: a truncated or damaged file
+            raise CorruptFileError(f"{what} {p} cannot be decoded ({type(exc).__name__}: {str(exc)[:80]}); the "
+                                   f"file is truncated or damaged") from None
+    finally:
+        im.close()
+
+
+def load_npy(path, flag: str, *, shape_ok: Callable[[tuple], bool], expected: str) -> np.ndarray:
+    """The uint8 array in the ``.npy`` file ``path`` given with ``--flag``: its header is read first
+    (the magic, dtype and shape; ``shape_ok(shape)`` must accept the shape), so that an ``.npz``
+    archive, a pickle, another dtype or a wrong or huge shape is one line before any data is read;
+    pickles are never loaded. ``expected`` describes the accepted shape for the message."""
+    p = os.fspath(path)
+    fmt = np.lib.format
+    if not os.path.isfile(p):
+        raise ConfigError(f"--{flag} {p} not found (or not a file); check the path")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(6)
+            fh.seek(0)
+            if head[:4] == b"PK\x03\x04":
+                raise CorruptFileError(f"--{flag} {p} is an .npz archive, not a .npy array; save the array with "
+                                       f"numpy.save (one array per .npy file)")
+            try:
+                version = fmt.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = fmt.read_array_header_1_0(fh)
+                elif version == (2, 0):
+                    shape, _, dtype = fmt.read_array_header_2_0(fh)
+                else:
+                    raise ValueError(f"unsupported .npy version {version}")
+            except (ValueError, SyntaxError, EOFError) as exc:
+                raise CorruptFileError(f"--{flag} {p} is not a .npy array file ({str(exc)[:80]}); save the array "
+                                       f"with numpy.save") from None
+    except OSError as exc:
+        raise CorruptFileError(f"--{flag} {p} cannot be read ({exc.strerror or exc})") from None
+    if dtype != np.uint8:
+        raise ConfigError(f"--{flag} {p}: expected uint8 values (0..255), got {dtype}")
+    if not shape_ok(tuple(shape)):
+        raise ConfigError(f"--{flag} {p}: expected {expected}, got shape {tuple(shape)}")
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise CorruptFileError(f"--{flag} {p} cannot be read as a .npy array ({str(exc)[:80]}); the file is "
+                               f"truncated or damaged") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or tuple(arr.shape) != tuple(shape):
+        raise CorruptFileError(f"--{flag} {p} does not hold the array its header describes; the file is damaged")
+    return arr
 
 
 def poison_indices(labels: np.ndarray, pratio: float, seed: int, *, clean_label_target: int | None = None) -> np.ndarray:

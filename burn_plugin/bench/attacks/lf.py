@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError
-from .base import Attack, register_attack
+from .base import Attack, load_npy, register_attack
 
 SMOOTH_STD, SMOOTH_TAPS, SCALE_MAX = 6.0, 30, 0.2
 N_IMAGES, TARGET_RATE, MAX_PASSES, TEST_PER_CLASS = 100, 0.2, 50, 10
@@ -76,12 +76,15 @@ class LowFrequency(Attack):
 
     def prepare(self, ctx) -> None:
         if self.lowFrequencyPatternPath:
-            t = np.load(self.lowFrequencyPatternPath)
-            t = t[0] if t.ndim == 4 else t
-            if t.dtype != np.uint8:
-                raise ConfigError(f"{self.lowFrequencyPatternPath}: expected a uint8 pattern (0..255 scale), got "
-                                  f"{t.dtype}")
-            self.pattern = t
+            h, w = ctx.spec.height, ctx.spec.width
+
+            def shape_ok(s: tuple) -> bool:   # (H, W), (H, W, C) or BackdoorBench's (1, H, W, C)
+                s = s[1:] if len(s) == 4 and s[0] == 1 else s
+                return s[:2] == (h, w) and (len(s) == 2 or (len(s) == 3 and s[2] in (1, 3)))
+
+            t = load_npy(self.lowFrequencyPatternPath, "lowFrequencyPatternPath", shape_ok=shape_ok,
+                         expected=f"one {h}x{w} pattern: ({h}, {w}), ({h}, {w}, 3) or (1, {h}, {w}, 3)")
+            self.pattern = t[0] if t.ndim == 4 else t
             return
         self.pattern = ctx.cached(f"lf_pattern_{ctx.clean_model_key()}_t{ctx.settings.attack_target}.pt",
                                   lambda: make_pattern(ctx))

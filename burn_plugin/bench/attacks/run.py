@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -22,7 +23,7 @@ from .. import datasets as D
 from ..metrics import as_metric_row, evaluate, summarize
 from ..models import build_model
 from ..records import SplitTensors, make_state, save_record, write_poisoned_split
-from .base import _subset, bd_label_fn, get_attack
+from .base import _subset, bd_label_fn, check_image, get_attack
 
 log = logging.getLogger("burn.attack")
 
@@ -52,6 +53,40 @@ class AttackSettings:
     test_subset: int | None = None
     eval_every_epoch: bool = True  # False: test metrics only after the last epoch (quick runs)
     extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Every number checked up front, before any file is read or written: ``pratio`` a share in (0, 1]
+        (NaN, Inf, negative and > 1 refused), integers at most their bound (``--epochs 1e23`` would train
+        forever), the trigger image's header sane (see :func:`~.base.open_image`)."""
+        from ...core.config import integer_setting
+
+        p = self.pratio
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not (math.isfinite(p) and 0 < p <= 1):
+            raise ConfigError(f"--pratio is the share of training samples poisoned, in (0, 1]; got {p!r:.40}")
+        for k in ("lr", "sgd_momentum", "wd", "blend_alpha"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"--{k} must be a finite number, got {v!r:.40}")
+        if self.lr <= 0 or self.wd < 0:
+            raise ConfigError(f"--lr must be > 0 and --wd >= 0, got {self.lr} and {self.wd}")
+        self.epochs = None if self.epochs is None else integer_setting("epochs", self.epochs, flag="--epochs")
+        if self.epochs is not None and self.epochs < 0:
+            raise ConfigError(f"--epochs must be >= 0 (0 or left out: the dataset's default), got {self.epochs}")
+        self.batch_size = integer_setting("batch_size", self.batch_size, flag="--batch_size")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch_size must be >= 1, got {self.batch_size}")
+        self.random_seed = integer_setting("random_seed", self.random_seed, flag="--random_seed")
+        if self.random_seed < 0:
+            raise ConfigError(f"--random_seed must be in [0, 2**32), got {self.random_seed}")
+        self.attack_target = integer_setting("attack_target", self.attack_target, flag="--attack_target")
+        for k in ("train_subset", "test_subset"):  # more than the split means all of it
+            v = getattr(self, k)
+            if v is not None:
+                setattr(self, k, integer_setting(k, v, flag=f"--{k}", maximum=10 ** 9))
+        if self.trigger_image:
+            check_image(self.trigger_image, "--trigger_image")
+        if self.extra.get("mask_path"):
+            check_image(self.extra["mask_path"], "--mask_path")
 
     def default_epochs(self) -> int:
         """The dataset's (:class:`~burn_plugin.bench.datasets.DatasetSpec`): BackdoorBench's prototype
@@ -147,6 +182,7 @@ def run_attack(settings: AttackSettings, out_folder: Path, *, overwrite: bool = 
     """Poison the data, train the model, write the record folder; returns the final metrics."""
     from tqdm.auto import tqdm
 
+    settings.validate()  # before any file: a bad number is one line, nothing written
     final_folder = Path(out_folder)
     if (final_folder / "attack_result.pt").exists() and not overwrite:
         raise OutputExistsError(f"{final_folder} already holds an attack record; pass --overwrite or choose another --out")

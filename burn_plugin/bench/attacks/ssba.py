@@ -62,7 +62,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import ConfigError
-from .base import Attack, register_attack
+from .base import Attack, load_npy, register_attack
 
 log = logging.getLogger("burn.attack")
 
@@ -228,8 +228,10 @@ class SSBA(Attack):
         if tr_path or te_path:
             if not (tr_path and te_path):
                 raise ConfigError("give both --attack_train_replace_imgs_path and --attack_test_replace_imgs_path")
-            self.replace = {"train": _load_replace(tr_path, len(ctx.raw_train), ctx.spec),
-                            "test": _load_replace(te_path, len(ctx.raw_test), ctx.spec)}
+            self.replace = {"train": _load_replace(tr_path, len(ctx.raw_train), ctx.spec,
+                                                   "attack_train_replace_imgs_path"),
+                            "test": _load_replace(te_path, len(ctx.raw_test), ctx.spec,
+                                                  "attack_test_replace_imgs_path")}
             return
         self.replace = None
         for k in ("secret_bits", "encoder_steps", "encoder_batch_size"):
@@ -292,13 +294,15 @@ class SSBA(Attack):
         return np.ascontiguousarray(e.transpose(1, 2, 0))
 
 
-def _load_replace(path: str, n: int, spec) -> np.ndarray:
-    """A BackdoorBench encoded split (N, H, W[, C]) uint8, checked against the split's size and shape."""
-    arr = np.load(path)
-    if arr.dtype != np.uint8:
-        raise ConfigError(f"{path}: expected uint8 images (0..255), got {arr.dtype}")
+def _load_replace(path: str, n: int, spec, flag: str = "attack_train_replace_imgs_path") -> np.ndarray:
+    """A BackdoorBench encoded split (N, H, W[, C]) uint8, checked against the split's size and shape
+    from the file's header, before its data are read (:func:`~.base.load_npy`)."""
+    def shape_ok(s: tuple) -> bool:
+        return (len(s) in (3, 4) and s[0] == n and s[1:3] == (spec.height, spec.width)
+                and (len(s) == 3 or s[3] in (1, 3)))
+
+    arr = load_npy(path, flag, shape_ok=shape_ok,
+                   expected=f"{n} images of {spec.height}x{spec.width}: ({n}, {spec.height}, {spec.width}[, C])")
     if arr.ndim == 4 and arr.shape[3] == 1:
         arr = arr[:, :, :, 0]
-    if len(arr) != n or tuple(arr.shape[1:3]) != (spec.height, spec.width):
-        raise ConfigError(f"{path}: expected {n} images of {spec.height}x{spec.width}, got shape {arr.shape}")
     return arr
