@@ -40,7 +40,8 @@ from .bench.records import AttackRecord, load_record
 from .core.tensors import PixelSpaceModel
 from .errors import (BurnError, ConfigError, OutputExistsError, OutputNotWritableError, RankFailedError,
                      torchrun_world)
-from .fileio import FileCheckpoint, save_csv, save_json, save_torch, writable_folder
+from .fileio import (FileCheckpoint, boundary_cache_dir, finish_run, folder_lock, save_csv, save_json, save_torch,
+                     start_run, writable_folder)
 
 log = logging.getLogger("burn")
 
@@ -189,12 +190,25 @@ def default_output_name(method: str, config) -> str:
     return method if detector == "boundary" else f"{method}_{detector}"
 
 
+#: files that mark a folder as a defense result (a finished or an interrupted run)
+RESULT_MARKS = ("defense_result.pt", "run.json", "checkpoint/last.pt")
+
+
+def is_result_folder(out: Path) -> bool:
+    """True if ``out`` holds a defense result (finished or interrupted), by :data:`RESULT_MARKS`."""
+    return any((Path(out) / m).is_file() for m in RESULT_MARKS)
+
+
 def prepare_output(record: AttackRecord, method: str, output_dir, overwrite: bool, resume: bool,
                    config=None) -> Path:
     """The output folder, checked writable before any work. A finished result (``defense_result.pt``)
-    is replaced only with ``overwrite``; ``resume`` continues an *unfinished* run only."""
+    is replaced only with ``overwrite``; ``resume`` continues an *unfinished* run only; ``overwrite``
+    replaces a defense result folder, never a folder of anything else."""
     out = Path(output_dir) if output_dir else record.folder / "defense" / default_output_name(method, config)
     refuse_finished(out, method, overwrite)
+    if overwrite and out.is_dir() and any(out.iterdir()) and not is_result_folder(out):
+        raise OutputExistsError(f"{out} is not empty and holds no defense result; --overwrite replaces only a "
+                                f"result folder: choose another --output_dir")
     if not writable_folder(out):
         raise OutputNotWritableError(f"cannot write results to {out} (not a writable folder, or the disk is full); "
                                      f"choose a writable --output_dir")
@@ -202,12 +216,13 @@ def prepare_output(record: AttackRecord, method: str, output_dir, overwrite: boo
 
 
 def cache_folder(record: AttackRecord, out: Path) -> Path:
-    """Where boundary analyses are cached: beside the record (shared by every run on it) when that is
-    writable, else inside the run's own output folder."""
-    shared = record.folder / "defense" / ".burn_cache"
+    """Where boundary analyses are cached: the user's own cache folder (:func:`boundary_cache_dir`,
+    shared by every run of this user), never the record folder, whose files a stranger may have
+    written; the run's own output folder when the user's folder is not writable."""
+    shared = boundary_cache_dir()
     if writable_folder(shared):
         return shared
-    log.info("record folder %s is not writable; caching the boundary analysis in %s", record.folder, out)
+    log.info("cache folder %s is not writable; caching the boundary analysis in %s", shared, out)
     return out / ".burn_cache"
 
 
@@ -232,11 +247,16 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
             get_defense(method).run(record=record, model=model, config=config, device=device, evaluator=None,
                                     out=out, resume=resume, progress=False, extra=extra or {})
             return None
-        return _defend_main(record, model, method, config, device, out, model_name, resume, progress, run_info,
-                            extra)
+        with folder_lock(out, what=f"burn defend --method {method}"):
+            refuse_finished(out, method, overwrite)  # again, now that no other run can write here
+            if not resume:
+                start_run(out)  # a new run: checkpoints found here before no longer match
+            return _defend_main(record, model, method, config, device, out, model_name, resume, progress, run_info,
+                                extra, overwrite)
 
 
-def _defend_main(record, model, method, config, device, out, model_name, resume, progress, run_info, extra) -> dict:
+def _defend_main(record, model, method, config, device, out, model_name, resume, progress, run_info, extra,
+                 overwrite=False) -> dict:
     handler, log_path = setup_logger(out)
     started = time.time()
     try:
@@ -280,9 +300,11 @@ def _defend_main(record, model, method, config, device, out, model_name, resume,
         summary.update(run_info or {})
         save_json(summary, out / "run.json")
         _plots(out)
+        refuse_finished(out, method, overwrite)  # checked again before the result that marks a finished run
         # written last: its presence marks a finished run (the overwrite check and `burn compare` rely on it)
         save_torch({"model_name": model_name or record.model_name, "num_classes": record.num_classes,
                     "model": final_model.state_dict()}, out / "defense_result.pt")
+        finish_run(out)
         log.info("after: %s", json.dumps(after))
         return summary
     finally:

@@ -65,6 +65,10 @@ class OutputExistsError(BadInputError):
     """The output folder already holds results and overwriting was not asked for."""
 
 
+class OutputBusyError(BadInputError):
+    """Another run holds the lock on the output folder (or the sweep's ledger)."""
+
+
 class ResumeMismatchError(BadInputError):
     """``--resume`` was asked for with a checkpoint of another run (settings, model or data differ)."""
 

@@ -344,16 +344,17 @@ def require_record_argument(value) -> Path:
 
 
 def record_dataset(folder: Path) -> str | None:
-    """The record's dataset name (from ``info.pickle``, else ``attack_result.pt``), or None if unreadable."""
+    """The record's dataset name (from ``info.pickle``, else ``attack_result.pt``), or None if unreadable
+    or not a dataset name the registry knows (a record's name never forms a path unchecked)."""
     try:
         info = folder / "info.pickle"
         if info.is_file():
             ds = load_settings_file(info).get("dataset")
-            if isinstance(ds, str):
+            if D.known_dataset(ds):
                 return ds
         obj = torch_load(folder / "attack_result.pt", what="attack record")
         ds = obj.get("clean_data") if isinstance(obj, dict) else None
-        return ds if isinstance(ds, str) else None
+        return ds if D.known_dataset(ds) else None
     except BurnError:
         return None  # the record loader reports the real problem later, with the right message
 
@@ -375,7 +376,18 @@ def resolve_data_root(record_folder: Path, data_path: str, dataset: str,
         return Path(dataset_path) / dataset
     parts = Path(str(data_path)).parts
     rel = Path(*parts[parts.index("data"):]) if "data" in parts else Path("data") / dataset
-    return bb_root_of(record_folder) / rel
+    root = bb_root_of(record_folder)
+    # the record says where its data are; it may not say anywhere outside <R>/data
+    if ".." in rel.parts or not _inside((root / rel).resolve(), (root / "data").resolve()):
+        raise CorruptFileError(f"record {record_folder}: data_path {data_path!r:.200} leads outside {root / 'data'}; "
+                               f"a record's data live under <BackdoorBench root>/data: fix data_path, or pass "
+                               f"--dataset_path with the folder that holds the {dataset} data")
+    return root / rel
+
+
+def _inside(path: Path, base: Path) -> bool:
+    """True if the resolved ``path`` is ``base`` or lies under it."""
+    return path == base or base in path.parents
 
 
 def _check_state(state: Any, name: str, path: Path) -> dict:
@@ -464,20 +476,21 @@ def load_record(attack_folder: str | os.PathLike, *, trusted: bool = False, data
 
 
 def _png_resolver(folder: Path):
-    """Stored PNG paths are relative to the BackdoorBench root; fall back to the record folder itself."""
-    root = bb_root_of(folder)
+    """A stored PNG path names ``.../bd_train_dataset/...`` or ``.../bd_test_dataset/...``: it is read from
+    that folder inside the record itself, wherever the path says the record was. A path that leads
+    anywhere else (no such part, a ``..``, a link out of the record) is refused."""
+    base = folder.resolve()
 
     def resolve(p: str) -> Path:
-        cand = Path(p)
-        if cand.is_absolute() and cand.exists():
-            return cand
-        if (root / cand).exists():
-            return root / cand
-        parts = cand.parts
+        parts = Path(str(p)).parts
         for marker in ("bd_train_dataset", "bd_test_dataset"):
             if marker in parts:
-                return folder.joinpath(*parts[len(parts) - 1 - parts[::-1].index(marker):])
-        return root / cand
+                tail = parts[len(parts) - 1 - parts[::-1].index(marker):]
+                target = folder.joinpath(*tail)
+                if ".." not in tail and _inside(target.resolve(), base / marker):
+                    return target
+        raise CorruptFileError(f"poisoned image path {str(p)!r:.200} leads outside the record's bd_train_dataset/ "
+                               f"and bd_test_dataset/ folders; the record is damaged or hostile")
     return resolve
 
 

@@ -18,7 +18,7 @@ import torch
 from ...core.tensors import PixelSpaceModel
 from ...core.train import train_epochs
 from ...errors import ConfigError, OutputExistsError
-from ...fileio import save_csv, save_json, save_torch
+from ...fileio import folder_lock, save_csv, save_json, save_torch
 from .. import datasets as D
 from ..metrics import as_metric_row, evaluate, summarize
 from ..models import build_model
@@ -179,18 +179,27 @@ def _pil(arr: np.ndarray):
 
 def run_attack(settings: AttackSettings, out_folder: Path, *, overwrite: bool = False, clean_reference: bool = False,
                progress: bool = True) -> dict:
-    """Poison the data, train the model, write the record folder; returns the final metrics."""
+    """Poison the data, train the model, write the record folder; returns the final metrics. A second
+    ``burn attack`` into the same folder while this one runs is refused (a lock beside the folder)."""
+    settings.validate()  # before the lock and any file: a bad number is one line, nothing written
+    with folder_lock(out_folder, what="burn attack"):
+        return _run_attack(settings, Path(out_folder), overwrite=overwrite, clean_reference=clean_reference,
+                           progress=progress)
+
+
+def _run_attack(settings: AttackSettings, final_folder: Path, *, overwrite: bool, clean_reference: bool,
+                progress: bool) -> dict:
     from tqdm.auto import tqdm
 
-    settings.validate()  # before any file: a bad number is one line, nothing written
-    final_folder = Path(out_folder)
     if (final_folder / "attack_result.pt").exists() and not overwrite:
         raise OutputExistsError(f"{final_folder} already holds an attack record; pass --overwrite or choose another --out")
     if final_folder.exists() and not final_folder.is_dir():
         raise OutputExistsError(f"{final_folder} is a file, not a folder; choose another --out")
-    if final_folder.is_dir() and any(final_folder.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{final_folder} is not empty (but holds no attack record); pass --overwrite to "
-                                f"replace it or choose another --out")
+    if (final_folder.is_dir() and not (final_folder / "attack_result.pt").is_file()
+            and any(final_folder.iterdir())):
+        # --overwrite replaces a record, never a folder of something else (it would be deleted)
+        raise OutputExistsError(f"{final_folder} is not empty and holds no attack record (no attack_result.pt); "
+                                f"--overwrite replaces only a record folder: choose another --out or empty it")
     spec = D.get_spec(settings.dataset)
     build_model(settings.model, spec.num_classes)  # unknown model names fail before any work
     attack = get_attack(settings.attack, alpha=settings.blend_alpha, trigger_image=settings.trigger_image,
@@ -281,7 +290,7 @@ def run_attack(settings: AttackSettings, out_folder: Path, *, overwrite: bool = 
                        "clean_model_test_asr": clean_m["test_asr"],
                        "attacked_model_test_acc": final["test_acc"], "epochs": epochs, "model": settings.model},
                       out_folder / "clean_reference.json")
-    kept = swap_in(out_folder, final_folder)
+        kept = swap_in(out_folder, final_folder)  # inside: a refused swap removes the staging folder
     if kept is not None:
         final["replaced_defense_results"] = str(kept)
     return final
@@ -323,6 +332,10 @@ def swap_in(stage: Path, final: Path) -> Path | None:
     if not final.exists():
         os.replace(stage, final)
         return None
+    if final.is_dir() and not (final / "attack_result.pt").is_file() and any(final.iterdir()):
+        # checked again at the rename: something other than a record appeared there during the run
+        raise OutputExistsError(f"{final} now holds files but no attack record; nothing was replaced: choose "
+                                f"another --out or empty it")
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     shutil.rmtree(old, ignore_errors=True)
     os.replace(final, old)
