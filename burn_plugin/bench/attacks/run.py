@@ -181,13 +181,20 @@ def run_attack(settings: AttackSettings, out_folder: Path, *, overwrite: bool = 
                progress: bool = True) -> dict:
     """Poison the data, train the model, write the record folder; returns the final metrics. A second
     ``burn attack`` into the same folder while this one runs is refused (a lock beside the folder)."""
-    settings.validate()  # before the lock and any file: a bad number is one line, nothing written
+    settings.validate()  # before the lock and any file: a bad setting is one line, nothing written
+    spec = D.get_spec(settings.dataset)
+    build_model(settings.model, spec.num_classes)  # unknown model names fail before any work
+    attack = get_attack(settings.attack, alpha=settings.blend_alpha, trigger_image=settings.trigger_image,
+                        **settings.extra)
+    if not 0 <= settings.attack_target < spec.num_classes:
+        raise ConfigError(f"--attack_target {settings.attack_target} is not a class of {spec.name} "
+                          f"(0..{spec.num_classes - 1})")
     with folder_lock(out_folder, what="burn attack"):
-        return _run_attack(settings, Path(out_folder), overwrite=overwrite, clean_reference=clean_reference,
-                           progress=progress)
+        return _run_attack(settings, spec, attack, Path(out_folder), overwrite=overwrite,
+                           clean_reference=clean_reference, progress=progress)
 
 
-def _run_attack(settings: AttackSettings, final_folder: Path, *, overwrite: bool, clean_reference: bool,
+def _run_attack(settings: AttackSettings, spec, attack, final_folder: Path, *, overwrite: bool, clean_reference: bool,
                 progress: bool) -> dict:
     from tqdm.auto import tqdm
 
@@ -200,13 +207,6 @@ def _run_attack(settings: AttackSettings, final_folder: Path, *, overwrite: bool
         # --overwrite replaces a record, never a folder of something else (it would be deleted)
         raise OutputExistsError(f"{final_folder} is not empty and holds no attack record (no attack_result.pt); "
                                 f"--overwrite replaces only a record folder: choose another --out or empty it")
-    spec = D.get_spec(settings.dataset)
-    build_model(settings.model, spec.num_classes)  # unknown model names fail before any work
-    attack = get_attack(settings.attack, alpha=settings.blend_alpha, trigger_image=settings.trigger_image,
-                        **settings.extra)
-    if not 0 <= settings.attack_target < spec.num_classes:
-        raise ConfigError(f"--attack_target {settings.attack_target} is not a class of {spec.name} "
-                          f"(0..{spec.num_classes - 1})")
     epochs = settings.epochs or settings.default_epochs()
     root = Path(settings.dataset_path) / spec.name if settings.dataset_path else None
     raw_train, raw_test = D.load_raw(spec.name, root, True), D.load_raw(spec.name, root, False)
