@@ -125,9 +125,14 @@ def _ops(marker: Path):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_pickle_programs_run_no_code(tmp_path, data):
+    """Random opcode programs with a known gadget's core (``GADGETS``, without its PROTO and STOP) placed
+    among them: whatever the surroundings, the payload never runs, and a load either succeeds or is one
+    error line."""
     marker = tmp_path / "PWNED"
-    body = b"".join(data.draw(st.lists(_ops(marker), min_size=1, max_size=14)))
-    blob = b"\x80\x04" + body + b"."
+    ops = data.draw(st.lists(_ops(marker), max_size=10))
+    core = GADGETS[data.draw(st.sampled_from(sorted(GADGETS)))](marker)[2:-1]
+    at = data.draw(st.integers(0, len(ops)))
+    blob = b"\x80\x04" + b"".join(ops[:at]) + core + b"".join(ops[at:]) + b"."
     for name, load in (("info.pickle", load_settings_file),
                        ("attack_result.pt", lambda p: torch_load(p, what="attack record"))):
         f = tmp_path / name
@@ -158,21 +163,31 @@ def test_a_defend_with_a_traversing_data_path_is_one_line(capsys, hand_record_fa
 def test_a_poisoned_image_path_leading_out_of_the_record_is_refused(capsys, hand_record, tmp_path):
     from PIL import Image
 
-    outside = tmp_path / "elsewhere" / "bd_train_dataset" / "0.png"
+    outside = tmp_path / "elsewhere" / "x.png"
     outside.parent.mkdir(parents=True)
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(outside)
     pt = hand_record.folder / "attack_result.pt"
     obj = torch.load(pt, weights_only=False)
     entry = next(iter(obj["bd_train"]["bd_data_container"]["data_dict"].values()))
-    entry["path"] = str(outside)   # an absolute path out of the record (it even names bd_train_dataset)
-    torch.save(obj, pt)
-    shutil.rmtree(hand_record.folder / "bd_train_dataset")
-    rc, _, err = run(capsys, "defend", "--attack_folder", hand_record.folder, *FAST)
-    assert rc == 2 and "Traceback" not in err, err
-    entry["path"] = f"./record/{hand_record.name}/bd_train_dataset/../../../elsewhere/bd_train_dataset/0.png"
+    entry["path"] = str(outside)   # an absolute path to an image out of the record
     torch.save(obj, pt)
     rc, _, err = run(capsys, "defend", "--attack_folder", hand_record.folder, *FAST)
-    assert_one_error_line(rc, err, "poisoned image")
+    assert_one_error_line(rc, err, "poisoned image", str(outside))
+
+
+def test_a_poisoned_image_path_is_read_from_inside_the_record(hand_record, tmp_path):
+    from burn_plugin.bench.records import _png_resolver
+
+    resolve = _png_resolver(hand_record.folder)
+    name = hand_record.name
+    # a '..' that climbs out of the checkout to another bd_train_dataset/ is read from the record's own
+    (tmp_path / "elsewhere" / "bd_train_dataset").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "bd_train_dataset" / "0.png").write_bytes(b"x")
+    got = resolve(f"./record/{name}/bd_train_dataset/../../../../elsewhere/bd_train_dataset/0.png")
+    assert got == hand_record.folder / "bd_train_dataset" / "0.png"
+    for bad in ("/etc/hostname", f"./record/{name}/bd_train_dataset/../../../x.png"):
+        with pytest.raises(CorruptFileError, match="poisoned image path"):
+            resolve(bad)
 
 
 def test_cifar_batch_files_are_checked_and_run_no_code(tmp_path, monkeypatch):
