@@ -236,6 +236,7 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
     config = config if config is not None else cls()
     record = load_record(attack_folder, trusted=trusted, dataset=dataset, dataset_path=dataset_path)
     device = rank_device(resolve_device(device))  # after the record: a broken record is the first thing to report
+    torchrun_world()  # torchrun's variables checked before the output folder is made: a bad one writes nothing
     model = record.build_model(model_name)
     out = prepare_output(record, method, output_dir, overwrite, resume, config)
     if resume:
