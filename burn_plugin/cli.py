@@ -249,6 +249,47 @@ cmd_compare.configure = _configure_compare
 
 
 # ------------------------------------------------------------------------------------------------
+@subcommand("results", "render the results pages (docs/results/*.md, the README's results block, the summary "
+                       "figure) from the committed comparison.csv; --check fails when a page differs")
+def cmd_results(args) -> int:
+    """See :mod:`burn_plugin.report.pages`."""
+    from .report.pages import FIGURE, plot_summary, read_comparison, render_pages, stale_pages
+
+    results = Path(args.results_dir)
+    readme = None if args.no_readme else Path(args.readme)
+    pages = render_pages(results, readme)
+    if args.check:
+        stale = stale_pages(pages)
+        for p in stale:
+            print(f"{p} differs from what `burn results` renders from {results / 'comparison.csv'}", file=sys.stderr)
+        if stale:
+            print("run `burn results` and commit the pages", file=sys.stderr)
+        return 1 if stale else 0
+    from .fileio import save_text
+
+    for p in pages:
+        save_text(p.text, p.path)
+    figures = [] if args.no_plots else plot_summary(read_comparison(results / "comparison.csv"), results / FIGURE)
+    print("written: " + ", ".join(str(p.path) for p in pages) + "".join(f", {f}" for f in figures))
+    return 0
+
+
+def _configure_results(p) -> None:
+    p.add_argument("--results-dir", default="docs/results", help="folder holding comparison.csv (written by "
+                   "`burn compare --out`); the pages are written beside it (default docs/results)")
+    p.add_argument("--readme", default="README.md", help="README whose generated blocks (between the "
+                   "'<!-- verdict:begin -->'/'<!-- verdict:end -->' and '<!-- results:begin -->'/'<!-- results:end -->' "
+                   "lines) are rendered (default README.md)")
+    p.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 naming each page that differs "
+                   "from its rendering (the test suite runs this)")
+    p.add_argument("--no-plots", action="store_true", help="write the pages only, not the summary figure")
+
+
+cmd_results.configure = _configure_results
+
+
+# ------------------------------------------------------------------------------------------------
 @subcommand("demo", "attack -> BURN and FT -> table -> plots on the embedded Fashion-MNIST, in minutes")
 def cmd_demo(args) -> int:
     from .demo import run_demo

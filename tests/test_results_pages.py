@@ -1,0 +1,53 @@
+"""The results pages are data: ``burn results`` renders them from the committed ``comparison.csv``, and
+a page that differs from its rendering fails here."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from test_cli_errors import run
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "docs" / "results"
+
+
+def test_committed_pages_equal_their_rendering(capsys):
+    rc, _, err = run(capsys, "results", "--check", "--results-dir", RESULTS, "--readme", REPO / "README.md")
+    assert rc == 0, err
+
+
+def test_a_changed_number_is_caught_and_rendered_again(capsys, tmp_path):
+    res = tmp_path / "results"
+    shutil.copytree(RESULTS, res)
+    readme = tmp_path / "README.md"
+    shutil.copy(REPO / "README.md", readme)
+    df = pd.read_csv(res / "comparison.csv")
+    row = (df["attack"] == "sig_fm") & (df["defense"] == "burn[box-aware]")
+    assert row.sum() == 1
+    df.loc[row, "test_asr"] = 0.0123   # BURN now removes SIG's backdoor (ASR 1.23 %, ACC kept)
+    df.to_csv(res / "comparison.csv", index=False)
+    rc, _, err = run(capsys, "results", "--check", "--results-dir", res, "--readme", readme)
+    assert rc == 1 and str(res / "comparison.md") in err and str(readme) in err
+    rc, out, err = run(capsys, "results", "--results-dir", res, "--readme", readme)
+    assert rc == 0, err
+    text = readme.read_text()
+    assert "**80.71 / 1.23 / 35.58**" in text and "on 1 of 9 (sig_fm) records" in text
+    assert (res / "summary.png").stat().st_size > 10_000
+    assert run(capsys, "results", "--check", "--results-dir", res, "--readme", readme)[0] == 0
+
+
+def test_a_readme_without_the_markers_is_one_line(capsys, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# nothing here\n")
+    rc, _, err = run(capsys, "results", "--check", "--results-dir", RESULTS, "--readme", readme)
+    assert rc == 2 and err.startswith("error: ") and "verdict:begin" in err
+
+
+def test_the_readme_is_a_front_door():
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) <= 200
+    first_screen = "\n".join(lines[:60])
+    assert "burn demo" in first_screen and "python -m pytest -q" in first_screen
+    assert "burn register" in first_screen and "defense/burn.py" in first_screen
