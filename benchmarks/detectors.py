@@ -133,8 +133,8 @@ def measure_record(folder, args, cfg, names) -> dict:
     from burn_plugin.core import burn as core
     from burn_plugin.core.detectors import DETECTORS, detector_scores, penultimate_features
     from burn_plugin.core.scores import count_of
-    from burn_plugin.defend import cache_folder, default_output_name, defend
-    from burn_plugin.fileio import FileBoundaryCache
+    from burn_plugin.defend import default_output_name, defend
+    from burn_plugin.fileio import FileBoundaryCache, boundary_cache_folder
 
     rec = load_record(folder)
     train = rec.tensors("bd_train")
@@ -146,7 +146,7 @@ def measure_record(folder, args, cfg, names) -> dict:
           f"({int(flipped.sum())} label-flipped)", flush=True)
     t0 = time.time()
     boundary = core.analyse_boundary(model, data, cfg, device=args.device,
-                                     cache=FileBoundaryCache(cache_folder(rec, rec.folder / "defense" / "burn")))
+                                     cache=FileBoundaryCache(boundary_cache_folder(rec.folder / "defense" / "burn")))
     boundary_s = time.time() - t0
     t0 = time.time()
     features = penultimate_features(model, data.x, mean=data.mean, std=data.std, batch_size=cfg.boundary_batch_size,

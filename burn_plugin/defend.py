@@ -40,8 +40,8 @@ from .bench.records import AttackRecord, load_record
 from .core.tensors import PixelSpaceModel
 from .errors import (BurnError, ConfigError, OutputExistsError, OutputNotWritableError, RankFailedError,
                      torchrun_world)
-from .fileio import (FileCheckpoint, boundary_cache_dir, finish_run, folder_lock, save_csv, save_json, save_torch,
-                     start_run, writable_folder)
+from .fileio import (FileCheckpoint, finish_run, folder_lock, save_csv, save_json, save_torch, start_run,
+                     writable_folder)
 
 log = logging.getLogger("burn")
 
@@ -213,17 +213,6 @@ def prepare_output(record: AttackRecord, method: str, output_dir, overwrite: boo
         raise OutputNotWritableError(f"cannot write results to {out} (not a writable folder, or the disk is full); "
                                      f"choose a writable --output_dir")
     return out
-
-
-def cache_folder(record: AttackRecord, out: Path) -> Path:
-    """Where boundary analyses are cached: the user's own cache folder (:func:`boundary_cache_dir`,
-    shared by every run of this user), never the record folder, whose files a stranger may have
-    written; the run's own output folder when the user's folder is not writable."""
-    shared = boundary_cache_dir()
-    if writable_folder(shared):
-        return shared
-    log.info("cache folder %s is not writable; caching the boundary analysis in %s", shared, out)
-    return out / ".burn_cache"
 
 
 def defend(attack_folder, *, method: str = "burn", config=None, device: str = "cpu", dataset: str | None = None,

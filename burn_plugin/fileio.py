@@ -370,6 +370,16 @@ def boundary_cache_dir() -> Path:
     return user_dir() / "boundary"
 
 
+def boundary_cache_folder(out: str | os.PathLike) -> Path:
+    """Where a run caches boundary analyses: :func:`boundary_cache_dir` (shared by every run of this
+    user), never a record folder, whose files a stranger may have written; the run's own output folder
+    ``out`` when the user's folder is not writable."""
+    shared = boundary_cache_dir()
+    if writable_folder(shared):
+        return shared
+    return Path(out) / ".burn_cache"
+
+
 def _run_mark(out: str | os.PathLike) -> Path:
     key = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:32]
     return user_dir() / "runs" / f"{key}.json"

@@ -106,7 +106,7 @@ import torch.nn as nn
 
 from ..errors import BadInputError, ConfigError, ShapeMismatchError
 from .scores import boundary_score
-from .tensors import PixelSpaceModel, batches, to_float
+from .tensors import PixelSpaceModel, batches, find_classifier, to_float
 
 __all__ = ["DetectorContext", "DetectorSpec", "DETECTORS", "register_detector", "list_detectors",
            "detector_scores", "penultimate_features", "normalise_across_labels", "robust_z_per_label",
@@ -153,12 +153,11 @@ def penultimate_features(model: nn.Module, x: torch.Tensor, *, mean: Sequence[fl
     ``model`` takes normalised input (as :func:`~burn_plugin.core.burn.run_burn`'s) and must already be on
     ``device``; ``x`` is ``(N, C, H, W)`` uint8 or float in [0, 1] and is normalised with ``mean``/``std``.
     The layer is the ``nn.Linear`` whose output is the logits
-    (:func:`~burn_plugin.core.ulrl.find_classifier`); its input is captured by a forward pre-hook in
+    (:func:`~burn_plugin.core.tensors.find_classifier`); its input is captured by a forward pre-hook in
     eval mode and flattened to 2-D. For a model that ends in no ``nn.Linear`` (SqueezeNet: a 1x1
     convolution, ReLU and average pooling) it is the input of the last parametrised layer, averaged
     over its spatial dimensions. The model's train/eval mode is restored.
     """
-    from .ulrl import find_classifier   # here: ulrl imports config, which imports this registry
 
     pm = PixelSpaceModel(model, mean, std)
     pm.normalize.to(device)

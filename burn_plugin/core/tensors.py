@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import ShapeMismatchError
+
 
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel, as torchvision's ``Normalize`` but as a differentiable layer."""
@@ -108,3 +110,65 @@ def augment(x: torch.Tensor, *, padding: int = 4, hflip: bool = False,
         flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
         out = torch.where(flip[:, None, None, None], out.flip(-1), out)
     return out.contiguous()
+
+
+def inner_model(model: nn.Module) -> nn.Module:
+    """The wrapped model of a :class:`PixelSpaceModel` (names are given relative to it), else ``model``."""
+    return model.model if isinstance(model, PixelSpaceModel) else model
+
+
+def find_classifier(model: nn.Module, example: torch.Tensor, linear_name: str = "auto", *,
+                    device="cpu") -> tuple[str, nn.Linear]:
+    """The ``nn.Linear`` whose output *is* the model's output: ``(name, module)``.
+
+    ``model`` is pixel-space, ``example`` one or more images of its input. One forward pass (eval mode,
+    no gradients) records every module's output; the classifier is the ``nn.Linear`` whose output
+    tensor is returned unchanged as the logits (parameter-free pass-throughs after it, such as
+    ``nn.Identity``, are fine). ``linear_name`` (relative to the model a ``PixelSpaceModel`` wraps, as in
+    BackdoorBench: ``linear``, ``fc``, ``classifier.6``) names it explicitly and is checked the same way.
+
+    Raises :class:`~burn_plugin.errors.ShapeMismatchError` (one line) when the last layer is not one
+    ``nn.Linear``: ULRL's neurons are the rows of that layer, one per class.
+    """
+    inner = inner_model(model)
+    named = dict(inner.named_modules())
+    if linear_name != "auto":
+        if linear_name not in named:
+            linears = [n for n, m in named.items() if isinstance(m, nn.Linear)]
+            raise ShapeMismatchError(f"{type(inner).__name__} has no module {linear_name!r} (linear_name); its "
+                                     f"nn.Linear layers: {', '.join(linears) or 'none'}; use linear_name: auto")
+    outputs: dict[str, Any] = {}
+
+    def record(name, out):  # keyed in the order of each module's last call
+        outputs.pop(name, None)
+        outputs[name] = out
+
+    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: record(n, out)) for n, m in named.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(to_float(example[:2]).to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    out = out if isinstance(out, torch.Tensor) else out[0]
+    # in the order the modules finished: the first is the one that made the tensor, then pass-throughs
+    producers = [n for n, o in outputs.items() if o is out]
+    linears = [n for n in producers if isinstance(named[n], nn.Linear)]
+    if linear_name != "auto":
+        if not isinstance(named[linear_name], nn.Linear):
+            raise ShapeMismatchError(f"ULRL needs the classifier layer {linear_name!r} to be one nn.Linear (its rows "
+                                     f"are the class neurons); it is {type(named[linear_name]).__name__}")
+        if linear_name not in producers:
+            raise ShapeMismatchError(f"ULRL needs {linear_name!r} to be the model's last layer (its output the "
+                                     f"logits), but {type(inner).__name__} computes more after it")
+        return linear_name, named[linear_name]
+    if not linears:
+        made = [n for n in producers if n and not isinstance(named[n], (nn.Sequential, nn.ModuleList))]
+        what = (f"{type(named[made[0]]).__name__} {made[0]!r}" if made else
+                "an operation outside any module (e.g. a functional call after the classifier)")
+        raise ShapeMismatchError(f"ULRL needs a model whose last layer is one nn.Linear (its rows are the class "
+                                 f"neurons); {type(inner).__name__} ends in {what}")
+    return linears[-1], named[linears[-1]]

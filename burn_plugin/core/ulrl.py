@@ -54,7 +54,7 @@ import torch.nn.functional as F
 
 from ..errors import NonFiniteLossError, ShapeMismatchError
 from .config import MAX_PASSES, ConfigBase, _num, need
-from .tensors import PixelSpaceModel, to_float
+from .tensors import PixelSpaceModel, find_classifier, inner_model as _inner, to_float  # noqa: F401
 from .train import NonFiniteLoss, train_epochs
 
 log = logging.getLogger("burn.core.ulrl")
@@ -107,6 +107,40 @@ class ULRLConfig(ConfigBase):
 
     label = "ULRL"
     _CHOICES = {"clean_source": ("clean_train", "burn", "burn_balanced")}
+    _HELP = {
+        "ratio": "share of the record's clean_train drawn (with random_seed) as the clean set, as BackdoorBench's "
+                 "choose_index draws it",
+        "index": "file of clean_train indices, one per line, used instead of drawing with ratio (empty: draw)",
+        "clean_source": "the clean set: clean_train (the authors'), burn (BURN's final bottom-k_c selection of the "
+                        "poisoned training set: no clean data), burn_balanced (as many samples, the lowest final "
+                        "BURN scores of each given label in equal shares)",
+        "burn_result": "BURN result (its scores.npz or its folder) for clean_source burn/burn_balanced; empty: "
+                       "<attack_folder>/defense/burn/scores.npz, if burn finished that run",
+        "unlearning_epochs": "at most this many epochs of gradient ascent (unlearning stops after the first epoch "
+                             "whose clean accuracy is at most clean_threshold)",
+        "unlearning_lr": "SGD learning rate of unlearning",
+        "sgd_momentum": "SGD momentum of unlearning",
+        "wd": "SGD weight decay of unlearning",
+        "steplr_milestones": "epochs at which the unlearning learning rate is multiplied by steplr_gamma (MultiStepLR)",
+        "steplr_gamma": "factor of each MultiStepLR step",
+        "grad_clip_norm": "gradient-norm clip during unlearning (0: off)",
+        "clean_threshold": "unlearning stops after the first epoch whose training accuracy on the clean set is at "
+                           "most this",
+        "batch_size": "batch size of both phases",
+        "augment": "the dataset's train augmentation in both phases",
+        "z_threshold": "robust z-score of a classifier row's weight change above which the row (a neuron) is "
+                       "suspicious",
+        "max_neurons": "at most this many suspicious rows, the first ones in class order",
+        "linear_name": "the classifier layer (a module name as in BackdoorBench: linear, fc, classifier.6); auto: "
+                       "the nn.Linear that produces the output",
+        "init": "re-draw the suspicious rows (biases 0) before relearning",
+        "relearn_epochs": "epochs of relearning (all parameters, cosine schedule)",
+        "relearn_lr": "SGD learning rate of relearning",
+        "relearn_alpha": "weight of the cosine penalty against the original suspicious rows",
+        "relearn_momentum": "SGD momentum of relearning (no weight decay)",
+        "random_seed": "seed for the clean-set draw, shuffling and augmentation",
+        "eval_every_epoch": "ACC/ASR/RA after every epoch of both phases (reporting only; off: only at the end)",
+    }
     _OPTIONAL_STR = ("index", "burn_result")  # YAML null / "None" mean "not given"
 
     def validate(self) -> None:
@@ -164,68 +198,6 @@ class ULRLConfig(ConfigBase):
 
 # ------------------------------------------------------------------------------------------------
 # the classifier layer
-
-def _inner(model: nn.Module) -> nn.Module:
-    """The wrapped model of a :class:`PixelSpaceModel` (names are given relative to it), else ``model``."""
-    return model.model if isinstance(model, PixelSpaceModel) else model
-
-
-def find_classifier(model: nn.Module, example: torch.Tensor, linear_name: str = "auto", *,
-                    device="cpu") -> tuple[str, nn.Linear]:
-    """The ``nn.Linear`` whose output *is* the model's output: ``(name, module)``.
-
-    ``model`` is pixel-space, ``example`` one or more images of its input. One forward pass (eval mode,
-    no gradients) records every module's output; the classifier is the ``nn.Linear`` whose output
-    tensor is returned unchanged as the logits (parameter-free pass-throughs after it, such as
-    ``nn.Identity``, are fine). ``linear_name`` (relative to the model a ``PixelSpaceModel`` wraps, as in
-    BackdoorBench: ``linear``, ``fc``, ``classifier.6``) names it explicitly and is checked the same way.
-
-    Raises :class:`~burn_plugin.errors.ShapeMismatchError` (one line) when the last layer is not one
-    ``nn.Linear``: ULRL's neurons are the rows of that layer, one per class.
-    """
-    inner = _inner(model)
-    named = dict(inner.named_modules())
-    if linear_name != "auto":
-        if linear_name not in named:
-            linears = [n for n, m in named.items() if isinstance(m, nn.Linear)]
-            raise ShapeMismatchError(f"{type(inner).__name__} has no module {linear_name!r} (linear_name); its "
-                                     f"nn.Linear layers: {', '.join(linears) or 'none'}; use linear_name: auto")
-    outputs: dict[str, Any] = {}
-
-    def record(name, out):  # keyed in the order of each module's last call
-        outputs.pop(name, None)
-        outputs[name] = out
-
-    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: record(n, out)) for n, m in named.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(to_float(example[:2]).to(device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    out = out if isinstance(out, torch.Tensor) else out[0]
-    # in the order the modules finished: the first is the one that made the tensor, then pass-throughs
-    producers = [n for n, o in outputs.items() if o is out]
-    linears = [n for n in producers if isinstance(named[n], nn.Linear)]
-    if linear_name != "auto":
-        if not isinstance(named[linear_name], nn.Linear):
-            raise ShapeMismatchError(f"ULRL needs the classifier layer {linear_name!r} to be one nn.Linear (its rows "
-                                     f"are the class neurons); it is {type(named[linear_name]).__name__}")
-        if linear_name not in producers:
-            raise ShapeMismatchError(f"ULRL needs {linear_name!r} to be the model's last layer (its output the "
-                                     f"logits), but {type(inner).__name__} computes more after it")
-        return linear_name, named[linear_name]
-    if not linears:
-        made = [n for n in producers if n and not isinstance(named[n], (nn.Sequential, nn.ModuleList))]
-        what = (f"{type(named[made[0]]).__name__} {made[0]!r}" if made else
-                "an operation outside any module (e.g. a functional call after the classifier)")
-        raise ShapeMismatchError(f"ULRL needs a model whose last layer is one nn.Linear (its rows are the class "
-                                 f"neurons); {type(inner).__name__} ends in {what}")
-    return linears[-1], named[linears[-1]]
-
 
 def _module(model: nn.Module, name: str) -> nn.Module:
     return dict(_inner(model).named_modules())[name]

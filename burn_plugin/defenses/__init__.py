@@ -17,60 +17,7 @@ evaluates, writes and times it. A new defense is one module here, imported below
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
-from ..errors import ConfigError
-
-
-@dataclass(frozen=True)
-class DefenseSpec:
-    """Every fact about one defense."""
-
-    name: str                         # method name = output folder = defense/<name>.py = bb_configs/<name>/
-    config_class: type                # its settings (dataclass: fields are flags and YAML keys)
-    run: Callable = field(repr=False)
-    label: str = ""                   # name in tables and help texts
-    uses_clean_data: bool = True      # trains on a clean subset (burn sweep plans a clean index for it)
-    fast: tuple = ()                  # command-line settings `burn sweep --fast` adds
-    backdoorbench_script: bool = True  # `burn register` installs it into a BackdoorBench checkout
-    resume_help: str = "continue an unfinished run from its checkpoint"
-    distributed: bool = False         # splits its work over torchrun's processes (else refuses torchrun)
-    #: folder of its YAMLs (``config.yaml``, ``<dataset>.yaml``); None: the packaged ``bb_configs/<name>/``
-    yaml_dir: str | None = None
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
-
-
-_DEFENSES: dict[str, DefenseSpec] = {}
-
-
-def defense(name: str, config_class: type, **facts):
-    """Register the decorated run function as defense ``name`` (see the module docstring)."""
-    def deco(fn):
-        _DEFENSES[name] = DefenseSpec(name, config_class, fn, **facts)
-        return fn
-    return deco
-
-
-def list_defenses() -> list[str]:
-    """Registered defense names, BURN first."""
-    return sorted(_DEFENSES, key=lambda n: (n != "burn", n))
-
-
-def get_defense(name: str) -> DefenseSpec:
-    try:
-        return _DEFENSES[name]
-    except KeyError:
-        raise ConfigError(f"unknown defense method {name!r}; choose one of: {', '.join(list_defenses())}") from None
-
-
-def all_defenses() -> list[DefenseSpec]:
-    return [_DEFENSES[n] for n in list_defenses()]
-
-
-from . import burn, ft, ulrl  # noqa: E402 - importing a defense's module registers it
+from . import burn, ft, ulrl  # importing a defense's module registers it
+from .registry import _DEFENSES, DefenseSpec, all_defenses, defense, get_defense, list_defenses  # noqa: F401
 
 MODULES = (burn, ft, ulrl)

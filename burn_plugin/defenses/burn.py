@@ -14,8 +14,8 @@ import numpy as np
 from ..bench.metrics import METRIC_COLUMNS
 from ..bench.records import AttackRecord
 from ..core.config import BurnConfig
-from ..fileio import FileBoundaryCache, FileCheckpoint, save_csv, save_npz
-from . import defense
+from ..fileio import FileBoundaryCache, FileCheckpoint, boundary_cache_folder, save_csv, save_npz
+from .registry import defense
 
 log = logging.getLogger("burn")
 
@@ -25,7 +25,6 @@ log = logging.getLogger("burn")
 def run(*, record: AttackRecord, model, config, device, evaluator, out: Path, resume: bool, progress: bool,
           extra: dict) -> dict:
     from ..core.burn import BurnData, run_burn
-    from ..defend import cache_folder
     from ..report.detection import confusion_row, detection_report
 
     cfg = config or BurnConfig()
@@ -33,7 +32,7 @@ def run(*, record: AttackRecord, model, config, device, evaluator, out: Path, re
     data = BurnData(x=train.x, y=train.label, mean=record.spec.mean3, std=record.spec.std3, hflip=record.spec.hflip)
     res = run_burn(model, data, cfg, device=device, evaluate=evaluator, progress=progress,
                    checkpoint=FileCheckpoint(out / "checkpoint"), resume=resume,
-                   cache=FileBoundaryCache(cache_folder(record, out)),
+                   cache=FileBoundaryCache(boundary_cache_folder(out)),
                    on_round=lambda row: log.info("round %s: %s", row["round"], json.dumps(row)))
     flags = {"poison": train.poison.numpy(), "label": train.label.numpy(), "original_label": train.original_label.numpy()}
     report = detection_report(res, flags)

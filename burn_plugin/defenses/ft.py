@@ -19,12 +19,26 @@ from ..core.tensors import PixelSpaceModel
 from ..core.train import NonFiniteLoss, train_epochs
 from ..errors import NonFiniteLossError
 from ..fileio import save_text
-from . import defense
+from .registry import defense
 
 
 @dataclass
 class FTConfig(ConfigBase):
+    """FT's settings: SGD with a cosine schedule on a clean subset of ``clean_train``, as BackdoorBench's FT
+    baseline (``defense/ft.py``) runs it; key names are BackdoorBench's."""
+
     label = "FT"
+    _HELP = {
+        "epochs": "fine-tuning epochs (cosine learning-rate schedule over them)",
+        "lr": "SGD learning rate",
+        "sgd_momentum": "SGD momentum",
+        "wd": "SGD weight decay",
+        "batch_size": "fine-tuning batch size",
+        "ratio": "share of the record's clean_train drawn (with random_seed) as the fine-tuning set",
+        "index": "file of clean_train indices, one per line, used instead of drawing with ratio (empty: draw)",
+        "random_seed": "seed for the clean-subset draw, shuffling and augmentation",
+        "eval_every_epoch": "ACC/ASR/RA after every epoch (BackdoorBench's); false: after the last only",
+    }
 
     epochs: int = 100
     lr: float = 0.01

@@ -38,7 +38,7 @@ from ..bench.datasets import choose_clean_index, index_text
 from ..core.ulrl import ULRLConfig, run_ulrl
 from ..errors import BadInputError, CorruptFileError, EmptySelectionError
 from ..fileio import finished_here, save_text
-from . import defense
+from .registry import defense
 
 log = logging.getLogger("burn.ulrl")
 

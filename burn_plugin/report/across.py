@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .runs import NO_DEFENSE, attack_dir, md_escape, read_run_json
+
 log = logging.getLogger("burn")
 
 DETECTION_COLUMNS = ["attack", "defense", "detector", "n_train", "n_poison", "mean_l_clean", "mean_l_poison",
@@ -48,11 +50,10 @@ def _ratio(a, b):
 def detection_table(df: pd.DataFrame, root: str | Path) -> pd.DataFrame:
     """One row per BURN run in the comparison table ``df`` (tidy, with a ``folder`` column) whose
     ``run.json`` holds a detection report; columns :data:`DETECTION_COLUMNS`."""
-    from .compare import NO_DEFENSE, _attack_dir, read_run_json
 
     rows = []
     for _, r in df[df["defense"] != NO_DEFENSE].iterrows():
-        run = read_run_json(_attack_dir(Path(root), r["attack"]) / "defense" / r["folder"])
+        run = read_run_json(attack_dir(Path(root), r["attack"]) / "defense" / r["folder"])
         det = run.get("detection")
         if not isinstance(det, dict) or "mean_distance_clean" not in det:
             continue
@@ -77,7 +78,6 @@ def detection_table(df: pd.DataFrame, root: str | Path) -> pd.DataFrame:
 def render_detection_markdown(table: pd.DataFrame) -> str:
     """The detection table as Markdown: distances with 3 decimals, AUROC and shares with 3, ACC/ASR/RA
     in percent; a missing number is ``-``."""
-    from .compare import _md_escape
 
     cols = [c for c in HEADERS if c in table.columns]
     lines = ["| attack | defense | " + " | ".join(HEADERS[c] for c in cols) + " |",
@@ -96,7 +96,7 @@ def render_detection_markdown(table: pd.DataFrame) -> str:
                 cells.append(f"{int(v)}")
             else:
                 cells.append(f"{v:.3f}")
-        lines.append(f"| {_md_escape(str(r['attack']))} | {_md_escape(str(r['defense']))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md_escape(str(r['attack']))} | {md_escape(str(r['defense']))} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -109,13 +109,12 @@ def roc_inputs(df: pd.DataFrame, root: str | Path) -> dict[str, Path]:
     attacks; where the chosen names still differ, each key names its run: ``sig_fm (burn_default)``."""
     from collections import Counter
 
-    from .compare import NO_DEFENSE, _attack_dir, read_run_json
 
     candidates: dict[str, list[tuple[str, Path]]] = {}
     for attack in dict.fromkeys(df["attack"]):
         sub = df[(df["attack"] == attack) & (df["defense"] != NO_DEFENSE)]
         for name, folder in zip(sub["defense"], sub["folder"]):
-            ddir = _attack_dir(Path(root), attack) / "defense" / folder
+            ddir = attack_dir(Path(root), attack) / "defense" / folder
             run = read_run_json(ddir)
             config = run.get("config") if isinstance(run.get("config"), dict) else {}
             if run.get("method") == "burn" and config.get("detector", "boundary") == "boundary" \

@@ -41,10 +41,12 @@ import numpy as np
 import pandas as pd
 
 from ..errors import BadInputError, BurnError, CorruptFileError, RecordNotFoundError, ShapeMismatchError
+from . import across
+from . import plots as P
+from .runs import (DEFENSE_ORDER, DISPLAY_NAMES, NO_DEFENSE, attack_dir, display_name, md_escape,  # noqa: F401
+                   order_defenses, read_run_json)
 
 log = logging.getLogger("burn")
-
-NO_DEFENSE = "no_defense"
 
 #: Summary files BackdoorBench's defenses write, relative to ``defense/<name>/``, and the row to read
 #: (``"last"`` = the row named ``last``; ``0`` = the first row). ``<name>_df_summary.csv`` row ``last``
@@ -64,11 +66,6 @@ DATA_USED: dict[str, str] = {
     **{d: "5% clean subset" for d in ("fp", "nad", "anp", "i-bau", "ft-sam", "sau", "ft")},
     "burn": "poisoned training set (no clean data)",
 }
-
-#: Column order of known defenses (the paper's order; BURN last); others follow alphabetically.
-DEFENSE_ORDER = ("ft", "fp", "nad", "anp", "i-bau", "ft-sam", "sau", "ulrl", "burn")
-DISPLAY_NAMES = {NO_DEFENSE: "No defense", "ft": "FT", "fp": "FP", "nad": "NAD", "anp": "ANP", "i-bau": "i-BAU",
-                 "ft-sam": "FT-SAM", "sau": "SAU", "ulrl": "ULRL", "burn": "BURN"}
 
 #: ``--metrics`` names -> tidy-table columns and headers.
 METRICS = {"acc": ("test_acc", "ACC"), "asr": ("test_asr", "ASR"), "ra": ("test_ra", "RA"),
@@ -106,13 +103,6 @@ def find_defense_folders(attack_folder: Path) -> list[Path]:
     if not d.is_dir():
         return []
     return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def order_defenses(names: Iterable[str]) -> list[str]:
-    """Known defenses in :data:`DEFENSE_ORDER`, then the rest alphabetically."""
-    names = list(dict.fromkeys(names))
-    known = [n for n in DEFENSE_ORDER if n in names]
-    return known + sorted(n for n in names if n not in DEFENSE_ORDER)
 
 
 def table_name(folder_name: str, run: dict, taken: set) -> str:
@@ -153,10 +143,6 @@ def burn_result_folder(burn_result: object) -> str:
         return "burn"
     path = Path(burn_result)
     return (path.parent if path.suffix == ".npz" else path).name or "burn"
-
-
-def display_name(defense: str) -> str:
-    return DISPLAY_NAMES.get(defense, defense)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,17 +209,6 @@ def read_defense_csv(defense_dir: Path, defense: str, method: str | None = None)
             return vals, where
         tried.append(rel)
     return None, f"no usable summary CSV (looked for {', '.join(tried)})"
-
-
-def read_run_json(defense_dir: Path) -> dict:
-    f = Path(defense_dir) / "run.json"
-    if not f.is_file():
-        return {}
-    try:
-        obj = json.loads(f.read_text())
-    except (OSError, ValueError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
 
 
 def data_used_of(defense: str, run: dict) -> str:
@@ -590,10 +565,6 @@ def wide_table(df: pd.DataFrame, metrics=None) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------
 # renderers
 
-def _md_escape(s: str) -> str:
-    return str(s).replace("|", "\\|")
-
-
 def render_markdown(df: pd.DataFrame, metrics=None, *, title: str | None = None) -> str:
     """A GitHub-Markdown table (no extra dependency) with the notes under it."""
     lay = build_layout(df, metrics)
@@ -602,10 +573,10 @@ def render_markdown(df: pd.DataFrame, metrics=None, *, title: str | None = None)
     lines = []
     if title:
         lines += [f"## {title}", ""]
-    lines.append("| " + " | ".join(_md_escape(h) for h in header) + " |")
+    lines.append("| " + " | ".join(md_escape(h) for h in header) + " |")
     lines.append("|" + "|".join(align) + "|")
     for name, cells in lay.rows:
-        label = f"**{name}**" if name == "Mean" and len(lay.rows) > 1 else _md_escape(name)
+        label = f"**{name}**" if name == "Mean" and len(lay.rows) > 1 else md_escape(name)
         out = [label]
         for c in cells:
             t = c.text + ("†" if c.from_csv else "") + ("‡" if c.partial else "")
@@ -619,7 +590,7 @@ def render_markdown(df: pd.DataFrame, metrics=None, *, title: str | None = None)
     if lay.problems:
         lines.append("")
         lines.append("Sources not re-evaluated:")
-        lines += [f"- {_md_escape(_shorten(p))}" for p in lay.problems]
+        lines += [f"- {md_escape(_shorten(p))}" for p in lay.problems]
     return "\n".join(lines) + "\n"
 
 
@@ -710,7 +681,6 @@ def write_comparison(df: pd.DataFrame, out_dir: str | os.PathLike, *, metrics=No
               save_text(render_latex(df, metrics), out / "comparison.tex")]
     written: list[Path] = []
     if plots:
-        from . import plots as P
 
         for attack in dict.fromkeys(df["attack"]):
             sub = df[df["attack"] == attack]
@@ -721,7 +691,7 @@ def write_comparison(df: pd.DataFrame, out_dir: str | os.PathLike, *, metrics=No
                 log.warning("%s: no radar plot (no defense has ACC/ASR numbers yet)", attack)
         if root is not None:
             for _, r in df[df["defense"] != NO_DEFENSE].iterrows():
-                ddir = _attack_dir(Path(root), r["attack"]) / "defense" / r["folder"]
+                ddir = attack_dir(Path(root), r["attack"]) / "defense" / r["folder"]
                 if not (ddir / "scores.npz").is_file():
                     continue
                 try:
@@ -743,7 +713,6 @@ def _write_across_attacks(df: pd.DataFrame, out: Path, root: Path, plots: bool) 
     the paper's Fig. 4 (one radar per defense, the attacks as axes) and Fig. 5 (every attack's ROC of
     l(x) in one figure)."""
     from ..fileio import save_csv, save_text
-    from . import across
 
     tables, written = [], []
     det = across.detection_table(df, root)
@@ -752,7 +721,6 @@ def _write_across_attacks(df: pd.DataFrame, out: Path, root: Path, plots: bool) 
                    save_text(across.render_detection_markdown(det), out / "detection.md")]
     if not plots or df["attack"].nunique() < 2:
         return tables, written
-    from . import plots as P
 
     try:
         written += P.plot_radar_by_defense(df, out / "radar_by_defense").paths
@@ -765,10 +733,6 @@ def _write_across_attacks(df: pd.DataFrame, out: Path, root: Path, plots: bool) 
         except BurnError as exc:
             log.warning("no cross-attack ROC: %s", exc)
     return tables, written
-
-
-def _attack_dir(root: Path, attack: str) -> Path:
-    return root if (root / "attack_result.pt").is_file() and root.name == attack else root / attack
 
 
 def _safe(name: str) -> str:

@@ -28,6 +28,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from ..errors import BadInputError, CorruptFileError, RecordNotFoundError
+from .runs import NO_DEFENSE, display_name, order_defenses
 
 log = logging.getLogger("burn")
 
@@ -150,7 +151,6 @@ def plot_radar(table, out_stem: str | os.PathLike, *, title: str | None = None) 
     row gives the dashed reference)."""
     import pandas as pd
 
-    from .compare import NO_DEFENSE, display_name, order_defenses
 
     df = pd.DataFrame(table)
     if df.empty or "defense" not in df.columns:
@@ -299,7 +299,6 @@ def plot_radar_by_defense(table, out_stem: str | os.PathLike, *, title: str | No
     lines). Needs three or more attacks (a radar of two axes has no area)."""
     import pandas as pd
 
-    from .compare import NO_DEFENSE, display_name, order_defenses
 
     df = pd.DataFrame(table)
     if df.empty or not {"attack", "defense"} <= set(df.columns):

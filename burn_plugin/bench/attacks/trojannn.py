@@ -108,7 +108,7 @@ class TrojanNN(Attack):
                f"{self.mask_update_iters}")
 
         def make() -> np.ndarray:
-            from ...core.ulrl import find_classifier
+            from ...core.tensors import find_classifier
 
             model = ctx.clean_model()
             start = torch.from_numpy(m).float()[None, None].expand(1, 3, h, w).contiguous()
