@@ -37,10 +37,6 @@ class UntrustedFileError(BadInputError):
     """A file needs the full (code-running) unpickler and the user has not marked it trusted."""
 
 
-class UnknownNameError(BadInputError):
-    """An unknown model, dataset, attack or defense name."""
-
-
 class ShapeMismatchError(BadInputError):
     """Class count, image size or state-dict keys of a record disagree with the model/dataset."""
 
@@ -51,6 +47,10 @@ class DataNotFoundError(BadInputError):
 
 class ConfigError(BadInputError):
     """A YAML/CLI setting is unknown, of the wrong type or out of range."""
+
+
+class UnknownNameError(ConfigError):
+    """An unknown model, dataset, attack, detector or defense name (every registry raises this one)."""
 
 
 class EmptySelectionError(BadInputError):

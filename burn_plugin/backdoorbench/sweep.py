@@ -54,6 +54,7 @@ from typing import Callable, Sequence
 from ..bench.datasets import known_dataset
 from ..errors import BadInputError, BurnError, RecordNotFoundError, UnknownNameError, UntrustedFileError
 from ..fileio import finish_run, finished_here, folder_lock, start_run, started_here
+from ..registry import Registry
 
 #: the standalone runner launched with BackdoorBench's interpreter
 RUNNER = Path(__file__).resolve().with_name("bb_runner.py")
@@ -68,7 +69,9 @@ YAML_FALLBACK = "cifar10"
 
 
 @dataclass(frozen=True)
-class DefenseSpec:
+class SweepDefense:
+    """How the sweep runs one defense (the plugin's own facts are in :mod:`burn_plugin.defenses`)."""
+
     name: str
     runner: str                 # BACKDOORBENCH or PLUGIN
     fast: tuple                 # command-line settings added by --fast
@@ -76,17 +79,19 @@ class DefenseSpec:
 
 
 #: every defense the sweep can run; ``fast`` starts from running-here.md's cost knobs, smaller still
-DEFENSES: dict[str, DefenseSpec] = {s.name: s for s in (
+DEFENSES: Registry[SweepDefense] = Registry("defense for the sweep", sort=False)
+for _spec in (
     # fp prunes 1% of the last layer's inputs per step and evaluates the test sets after each one until
     # ACC falls 10%; on mobilenet_v3_large (960 inputs) that is up to ~96 evaluations, so 5% steps
-    DefenseSpec("fp", BACKDOORBENCH, ("--epochs", "2", "--once_prune_ratio", "0.05")),
-    DefenseSpec("nad", BACKDOORBENCH, ("--te_epochs", "2")),           # teacher and student epochs
-    DefenseSpec("anp", BACKDOORBENCH, ("--nb_iter", "50", "--print_every", "25")),
-    DefenseSpec("i-bau", BACKDOORBENCH, ("--n_rounds", "2")),
-    DefenseSpec("ft-sam", BACKDOORBENCH, ("--epochs", "2")),
-    DefenseSpec("sau", BACKDOORBENCH, ("--n_rounds", "2")),
-    DefenseSpec("ft", BACKDOORBENCH, ("--epochs", "2")),
-)}
+    SweepDefense("fp", BACKDOORBENCH, ("--epochs", "2", "--once_prune_ratio", "0.05")),
+    SweepDefense("nad", BACKDOORBENCH, ("--te_epochs", "2")),           # teacher and student epochs
+    SweepDefense("anp", BACKDOORBENCH, ("--nb_iter", "50", "--print_every", "25")),
+    SweepDefense("i-bau", BACKDOORBENCH, ("--n_rounds", "2")),
+    SweepDefense("ft-sam", BACKDOORBENCH, ("--epochs", "2")),
+    SweepDefense("sau", BACKDOORBENCH, ("--n_rounds", "2")),
+    SweepDefense("ft", BACKDOORBENCH, ("--epochs", "2")),
+):
+    DEFENSES.register(_spec.name, _spec)
 
 
 def _add_plugin_defenses() -> None:
@@ -95,7 +100,8 @@ def _add_plugin_defenses() -> None:
     from ..defenses import all_defenses
 
     for d in all_defenses():
-        DEFENSES.setdefault(d.name, DefenseSpec(d.name, PLUGIN, tuple(d.fast), uses_clean_index=d.uses_clean_data))
+        if d.name not in DEFENSES:
+            DEFENSES.register(d.name, SweepDefense(d.name, PLUGIN, tuple(d.fast), uses_clean_index=d.uses_clean_data))
 
 
 _add_plugin_defenses()

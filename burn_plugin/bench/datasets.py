@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import BadInputError, DataNotFoundError, EmptySelectionError, UnknownNameError
+from ..errors import BadInputError, DataNotFoundError, EmptySelectionError
+from ..registry import Registry
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -70,16 +71,16 @@ class DatasetSpec:
         return tuple(self.std) * 3 if len(self.std) == 1 else tuple(self.std)
 
 
-_SPECS: dict[str, DatasetSpec] = {}
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+_SPECS = DATASETS.entries
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    _SPECS[spec.name] = spec
-    return spec
+    return DATASETS.register(spec.name, spec)
 
 
 def list_datasets() -> list[str]:
-    return sorted(_SPECS)
+    return DATASETS.names()
 
 
 def backdoorbench_datasets() -> list[str]:
@@ -95,10 +96,7 @@ def known_dataset(name) -> bool:
 
 
 def get_spec(name: str) -> DatasetSpec:
-    try:
-        return _SPECS[name]
-    except KeyError:
-        raise UnknownNameError(f"unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}") from None
+    return DATASETS.get(name)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,31 +16,28 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CorruptFileError, ShapeMismatchError, UnknownNameError
+from ..errors import CorruptFileError, ShapeMismatchError
+from ..registry import Registry
 
-_REGISTRY: dict[str, Callable[[int], nn.Module]] = {}
+MODELS: Registry[Callable[[int], nn.Module]] = Registry("model")
 
 
 def register_model(*names: str):
     """Decorator: register a builder ``fn(num_classes) -> nn.Module`` under one or more names."""
     def deco(fn):
         for n in names:
-            _REGISTRY[n] = fn
+            MODELS.register(n, fn)
         return fn
     return deco
 
 
 def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def build_model(name: str, num_classes: int) -> nn.Module:
     """Build an untrained model by BackdoorBench name."""
-    try:
-        builder = _REGISTRY[name]
-    except KeyError:
-        raise UnknownNameError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
-    return builder(int(num_classes))
+    return MODELS.get(name)(int(num_classes))
 
 
 def strip_module_prefix(state_dict: dict) -> dict:

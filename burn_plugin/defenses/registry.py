@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import ConfigError
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -29,28 +29,26 @@ class DefenseSpec:
         return self.label or self.name
 
 
-_DEFENSES: dict[str, DefenseSpec] = {}
+DEFENSES: Registry[DefenseSpec] = Registry("defense method", order=lambda n: (n != "burn", n))  # BURN first
+_DEFENSES = DEFENSES.entries
 
 
 def defense(name: str, config_class: type, **facts):
     """Register the decorated run function as defense ``name`` (see the module docstring)."""
     def deco(fn):
-        _DEFENSES[name] = DefenseSpec(name, config_class, fn, **facts)
+        DEFENSES.register(name, DefenseSpec(name, config_class, fn, **facts))
         return fn
     return deco
 
 
 def list_defenses() -> list[str]:
     """Registered defense names, BURN first."""
-    return sorted(_DEFENSES, key=lambda n: (n != "burn", n))
+    return DEFENSES.names()
 
 
 def get_defense(name: str) -> DefenseSpec:
-    try:
-        return _DEFENSES[name]
-    except KeyError:
-        raise ConfigError(f"unknown defense method {name!r}; choose one of: {', '.join(list_defenses())}") from None
+    return DEFENSES.get(name)
 
 
 def all_defenses() -> list[DefenseSpec]:
-    return [_DEFENSES[n] for n in list_defenses()]
+    return DEFENSES.values()

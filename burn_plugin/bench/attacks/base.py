@@ -19,13 +19,15 @@ from typing import Callable
 
 import numpy as np
 
-from ...errors import ConfigError, CorruptFileError, EmptySelectionError, UnknownNameError
+from ...errors import ConfigError, CorruptFileError, EmptySelectionError
+from ...registry import Registry
 
 #: the largest trigger/mask image accepted, per side: the image is resized to the dataset's (at most
 #: 64x64 here) anyway, and a bigger header is a mistake or a decompression bomb
 MAX_TRIGGER_SIDE = 4096
 
-_ATTACKS: dict[str, type] = {}
+ATTACKS: Registry[type] = Registry("attack")
+_ATTACKS = ATTACKS.entries
 
 
 class Attack:
@@ -75,14 +77,13 @@ class Attack:
 
 def register_attack(name: str):
     def deco(cls):
-        _ATTACKS[name] = cls
         cls.name = name
-        return cls
+        return ATTACKS.register(name, cls)
     return deco
 
 
 def list_attacks() -> list[str]:
-    return sorted(_ATTACKS)
+    return ATTACKS.names()
 
 
 def attack_params() -> dict:
@@ -109,11 +110,7 @@ def describe_defaults(defaults: dict) -> str:
 
 
 def get_attack(name: str, **kwargs):
-    try:
-        cls = _ATTACKS[name]
-    except KeyError:
-        raise UnknownNameError(f"unknown attack {name!r}; choose one of: {', '.join(list_attacks())}") from None
-    return cls(**kwargs)
+    return ATTACKS.get(name)(**kwargs)
 
 
 def _load_image(path: str, h: int, w: int, c: int) -> np.ndarray:
