@@ -12,7 +12,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,6 @@ from burn_plugin.bench.records import record_dataset, resolve_data_root
 from burn_plugin.errors import BurnError, ConfigError, CorruptFileError
 from burn_plugin.fileio import boundary_cache_dir, finished_here, load_settings_file, torch_load
 from burn_plugin.settings import resolve_yaml
-from conftest import build_hand_record
 from test_cli_errors import assert_one_error_line, run
 from test_sweep import make_fake_bb, run_cli
 from synthetic import make_cifar_layout

@@ -21,28 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from burn_plugin.cli import main
 from conftest import N_TEST, N_TRAIN
 from synthetic import make_mnist_layout
+from test_cli_errors import assert_one_error_line, run
 
 TORCHRUN_VARS = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "WORLD_SIZE", "RANK", "LOCAL_RANK",
                  "MASTER_ADDR", "MASTER_PORT", "BURN_RENDEZVOUS_TIMEOUT")
 
 
-def run(capsys, *argv):
-    rc = main(["-q", *map(str, argv)])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_error_line(rc, err, *needles, code=2):
-    assert rc == code, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 def header_only_png(path: Path, width: int, height: int) -> Path:

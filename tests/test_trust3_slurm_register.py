@@ -26,6 +26,7 @@ from burn_plugin.backdoorbench import sweep as S
 from burn_plugin.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_cli_errors import assert_one_error_line  # noqa: E402
 from test_sweep import ATTACK, make_fake_bb  # noqa: E402
 
 EMPTY_SHA = hashlib.sha256(b"").hexdigest()
@@ -38,14 +39,6 @@ def cli(*argv) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
-def assert_one_error_line(rc, err, *needles, code=2):
-    assert rc == code, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 def tree(root: Path) -> dict:
