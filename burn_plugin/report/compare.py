@@ -29,13 +29,12 @@ the tidy table are fractions (BackdoorBench's convention); the rendered tables s
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,8 +42,8 @@ import pandas as pd
 from ..errors import BadInputError, BurnError, CorruptFileError, RecordNotFoundError, ShapeMismatchError
 from . import across
 from . import plots as P
-from .runs import (DEFENSE_ORDER, DISPLAY_NAMES, NO_DEFENSE, attack_dir, display_name, md_escape,  # noqa: F401
-                   order_defenses, read_run_json)
+# NO_DEFENSE, display_name and read_run_json are also imported from here by the CLI, the sweep and tests
+from .runs import NO_DEFENSE, attack_dir, display_name, md_escape, order_defenses, read_run_json  # noqa: F401
 
 log = logging.getLogger("burn")
 
