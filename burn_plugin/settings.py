@@ -43,7 +43,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 # run-level keys (not BURN's algorithm): name -> (type, default, help)
 RUN_KEYS: dict[str, tuple] = {
-    "device": (str, "cpu", "cpu, cuda, cuda:0 ..."),
+    "device": (str, "cpu", "cpu, cuda, cuda:0 ... (the bundled YAMLs set cuda, and cpu for mnist and fashionmnist)"),
     "dataset": (str, None, "dataset name; must agree with the record's (checked)"),
     "model": (str, None, "model name; default: the record's model_name"),
     "dataset_path": (str, None, "folder holding <dataset>/ (default: <R>/data as BackdoorBench)"),

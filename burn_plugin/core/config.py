@@ -133,7 +133,8 @@ class ConfigBase:
     label = "BURN"
     _OPTIONAL_STR: tuple = ()  # string keys where YAML null / "None" mean "not given"
     _CHOICES: dict = {}        # key -> allowed string values
-    _HELP: dict = {}           # key -> one line for --help
+    _HELP: dict = {}           # key -> one line for --help (and the docs' configuration page)
+    _PAPER: dict = {}          # key -> the value the method's paper sets (docs only; absent: the paper is silent)
 
     def __post_init__(self):
         self._check_int_bounds()
@@ -190,6 +191,9 @@ class ConfigBase:
 
 @dataclass
 class BurnConfig(ConfigBase):
+    """Every BURN setting. Where the paper sets a value, that value is the default; every other default is
+    an open choice, whose reason the docstring of :mod:`burn_plugin.core.config` gives."""
+
     # schedule (paper)
     rounds: int = 20
     k_p0: float = 0.5
@@ -265,6 +269,26 @@ class BurnConfig(ConfigBase):
         "pd_output": "f in PD: softmax outputs or logits",
         "random_seed": "seed for shuffling and augmentation",
         "eval_every_round": "ACC/ASR/RA after every round (reporting only; off: only at the end)",
+    }
+    # the paper's value of each setting it fixes (section 5.2, Algorithm 1, section 2.3); the docs'
+    # configuration page shows it beside the default
+    _PAPER = {
+        "rounds": "20 (T, §5.2)",
+        "k_p0": "0.5 (§5.2)",
+        "k_pT": "1.0 (§5.2)",
+        "k_c0": "2.5 (§5.2)",
+        "k_cT": "5.0 (§5.2)",
+        "w0": "0.3 (§5.2)",
+        "wT": "0.6 (§5.2)",
+        "epochs": "5 (§5.2)",
+        "lr": "5e-05, fixed (§5.2)",
+        "adam_betas": "[0.9, 0.999] (§5.2)",
+        "boundary_method": "deepfool (§2.3)",
+        "distance_model": "frozen (Algorithm 1: l(x) computed once, in phase 1)",
+        "box_aware": "false (§2.3's plain DeepFool step; the clip to [0, 1] after it is LTS4's and Foolbox's)",
+        "detector": "boundary (BD = l / l_max, §5.2)",
+        "clean_selection": "global (Algorithm 1: bottom k_c % of the training set)",
+        "clean_ranking": "detector (S with the paper's BD)",
     }
     #: settings that change what is reported, never the purified model (left out of a checkpoint's key)
     REPORTING_ONLY = ("eval_every_round",)
