@@ -67,7 +67,8 @@ def check_scores(s: torch.Tensor, n: int) -> None:
 # every detector finds the planted group
 
 def test_registry_lists_the_detectors():
-    assert list_detectors() == sorted(["boundary", "spectral", "activation_clustering", "scan", "combined"])
+    assert list_detectors() == sorted(["boundary", "spectral", "activation_clustering", "scan", "combined",
+                                       "disagreement", "ibd_psc", "flare"])   # the last three: test_detectors_model_only
     assert DETECTORS["boundary"].needs_boundary and not DETECTORS["boundary"].needs_features
     assert DETECTORS["combined"].needs_boundary and DETECTORS["combined"].needs_features
     for name in ("spectral", "activation_clustering", "scan"):

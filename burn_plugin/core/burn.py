@@ -13,6 +13,10 @@ round's shuffling/augmentation is seeded from ``(random_seed, round)``, so a res
 uninterrupted one. A checkpoint carries the settings that shape the result and a hash of the infected
 model and the training data; resuming from one made with anything else is refused.
 
+A separate *detection model* (``BurnConfig.detection_model`` other than ``"infected"``) is trained first,
+from a copy of the infected weights or from scratch (:func:`detection_model`); the boundary analysis
+and the poison detector then look at it, while PD and the unlearning still concern the infected model.
+
 No file I/O here: checkpoints and the boundary cache are objects the caller passes in
 (:class:`Checkpoint`, :class:`BoundaryCache`; ``burn_plugin.fileio`` has the on-disk ones).
 """
@@ -29,10 +33,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ResumeMismatchError
+from ..errors import NonFiniteLossError, ResumeMismatchError
 from .boundary import BoundaryResult, boundary_distances
 from .config import BurnConfig
 from .distributed import Group, chunk_size, current_group
+from .sam import reinitialise, train_detection_model
 from .scores import (PoisonSelection, boundary_score, composite_score, count_of, linear_schedule,
                      prediction_divergence, select)
 from .tensors import Normalize, PixelSpaceModel, predict, set_channels_last
@@ -105,16 +110,57 @@ def state_hash(*tensors_or_dicts, extra: str = "") -> str:
 
 
 def poison_scores(frozen: nn.Module, data: BurnData, cfg: BurnConfig, boundary: BoundaryResult, *,
-                  device="cpu") -> torch.Tensor:
+                  device="cpu", reference: nn.Module | None = None) -> torch.Tensor:
     """BD: the chosen detector's score of every training sample, in [0, 1] (``cfg.detector``;
-    ``boundary`` is the paper's ``l / l_max`` itself)."""
+    ``boundary`` is the paper's ``l / l_max`` itself). ``frozen`` is the model the detector reads (the
+    detection model), ``reference`` the infected model when that is another one."""
     if cfg.detector == "boundary":
         return boundary_score(boundary.distance)
     from .detectors import detector_scores
 
     return detector_scores(cfg.detector, frozen, data.x, data.y, mean=data.mean, std=data.std,
                            boundary_distance=boundary.distance, adv_label=boundary.adv_label, device=device,
-                           batch_size=cfg.boundary_batch_size, seed=cfg.random_seed)
+                           batch_size=cfg.boundary_batch_size, seed=cfg.random_seed,
+                           reference_model=reference)
+
+
+#: offset of the detection model's shuffling/augmentation stream from the rounds' (seed * 1_000_003 + round)
+_DETECTION_STREAM = 500_000
+
+
+def detection_model(infected: nn.Module, data: BurnData, cfg: BurnConfig, *, device="cpu",
+                    group: Group | None = None) -> nn.Module:
+    """The detection model of ``cfg.detection_model``: a copy of ``infected`` trained ``cfg.detection_epochs``
+    on the (poisoned) training set with SGD (``sgd``) or SAM (``sam``), or a fresh initialisation of the
+    same architecture (seeded by ``random_seed``) trained with SAM (``sam_scratch``); returned frozen, in
+    eval mode, on ``device``. ``infected`` itself for ``infected``. Rank 0 trains; the others receive its
+    weights."""
+    if cfg.detection_model == "infected":
+        return infected
+    group = group or Group()
+    det = copy.deepcopy(infected)
+    if cfg.detection_model == "sam_scratch":
+        det = reinitialise(det, cfg.random_seed)
+    det = det.to(device)
+    for p in det.parameters():
+        p.requires_grad_(True)
+    if group.is_main:
+        pm = PixelSpaceModel(det, data.mean, data.std, channels_last=_cl(cfg, data)).to(device)
+        gen = torch.Generator().manual_seed(cfg.random_seed * 1_000_003 + _DETECTION_STREAM)
+        try:
+            train_detection_model(pm, data.x, data.y, method="sgd" if cfg.detection_model == "sgd" else "sam",
+                                  epochs=cfg.detection_epochs, lr=cfg.detection_lr, rho=cfg.sam_rho,
+                                  batch_size=cfg.batch_size, device=device, augment_padding=4 if cfg.augment else 0,
+                                  hflip=data.hflip and cfg.augment, generator=gen)
+        except NonFiniteLoss as exc:
+            raise NonFiniteLossError(f"training the detection model ({cfg.detection_model}): {exc}; lower "
+                                     f"--detection_lr") from None
+    det.eval()
+    for p in det.parameters():
+        p.requires_grad_(False)
+    if group.sharded:
+        group.broadcast_model(det)
+    return det
 
 
 def _outputs(model: nn.Module, x, cfg: BurnConfig, device, group: Group | None = None) -> torch.Tensor:
@@ -142,7 +188,9 @@ def analyse_boundary(model: nn.Module, data: BurnData, cfg: BurnConfig, *, devic
         settings = (cfg.candidates, cfg.overshoot, cfg.max_iter, cfg.distance_space, cfg.box_aware,
                     tuple(data.mean), tuple(data.std)) + ((cfg.candidate_mode,) if cfg.candidate_mode != "fixed" else ()) \
             + ((cfg.boundary_method, cfg.search_iter) if cfg.boundary_method != "deepfool" else ()) \
-            + (("chunk", chunk) if len(data) > chunk else ())
+            + (("chunk", chunk) if len(data) > chunk else ()) \
+            + (("detection", cfg.detection_model, cfg.detection_epochs, cfg.detection_lr)
+               + ((cfg.sam_rho,) if cfg.detection_model != "sgd" else ()) if cfg.detection_model != "infected" else ())
         key = state_hash(model.state_dict(), data.x, extra=repr(settings))
         hit = group.broadcast_object(_cached(cache, key, len(data)) if group.is_main else None)
         if hit is not None:
@@ -231,6 +279,10 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
         kp, kc = linear_schedule(cfg.k_p0, cfg.k_pT, t, cfg.rounds), linear_schedule(cfg.k_c0, cfg.k_cT, t, cfg.rounds)
         counts.append((kp, kc, count_of(kp, n, "k_p"), count_of(kc, n, "k_c") if t > 0 else 0))
 
+    if cfg.detector != "boundary":   # a detector that cannot read this model: one line, before any work
+        from .detectors import check_detector_fits
+
+        check_detector_fits(cfg.detector, model)
     group = current_group(device)
     progress = progress and group.is_main
     if not group.is_main:
@@ -249,12 +301,17 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
         p.requires_grad_(False)
     pixel_model = PixelSpaceModel(model, data.mean, data.std, channels_last=cl).to(device)
     pixel_frozen = PixelSpaceModel(frozen, data.mean, data.std, channels_last=cl).to(device)
+    detect = frozen   # the model the boundary analysis and the detector look at
+    if cfg.detection_model != "infected":
+        t0 = time.time()
+        detect = detection_model(frozen, data, cfg, device=device, group=group)
+        timings["detection_model_s"] = time.time() - t0
 
     t0 = time.time()
     mine = sum(b - a for a, b in group.chunk_ranges(n, chunk_size(cfg.boundary_batch_size, n)))  # rank 0's share
     bar = tqdm(total=mine, desc="boundary analysis" + (f" (rank 0 of {group.world})" if group.sharded else ""),
                unit="img", disable=not progress, leave=False)
-    boundary = analyse_boundary(frozen, data, cfg, device=device, progress=bar, cache=cache, group=group)
+    boundary = analyse_boundary(detect, data, cfg, device=device, progress=bar, cache=cache, group=group)
     bar.close()
     timings["boundary_s"] += time.time() - t0
     if (~boundary.converged).any():
@@ -262,7 +319,8 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
                     int((~boundary.converged).sum()), n, cfg.max_iter)
     t0 = time.time()
     # only rank 0 selects (it fine-tunes alone), so only it needs BD
-    bd = poison_scores(frozen, data, cfg, boundary, device=device) if group.is_main else torch.zeros(n, dtype=torch.float64)
+    bd = poison_scores(detect, data, cfg, boundary, device=device, reference=None if detect is frozen else frozen) \
+        if group.is_main else torch.zeros(n, dtype=torch.float64)
     if cfg.detector != "boundary":
         timings["detector_s"] = time.time() - t0
     adv_label = boundary.adv_label
@@ -364,9 +422,16 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
                       completed_rounds=len(history), detector=cfg.detector)
 
 
+#: detection-model settings that shape nothing while their ``detection_model`` is the key's value
+_IDLE_DETECTION = {"infected": ("detection_model", "detection_epochs", "detection_lr", "sam_rho"), "sgd": ("sam_rho",)}
+
+
 def result_settings(cfg: BurnConfig) -> dict:
-    """The settings that shape a run's result (all but the reporting-only ones)."""
-    return {k: v for k, v in cfg.to_dict().items() if k not in BurnConfig.REPORTING_ONLY}
+    """The settings that shape a run's result (all but the reporting-only ones, and the detection-model
+    settings that the chosen ``detection_model`` does not use: a run on the infected model has the key
+    and checkpoint settings it had before detection models existed)."""
+    idle = _IDLE_DETECTION.get(cfg.detection_model, ())
+    return {k: v for k, v in cfg.to_dict().items() if k not in BurnConfig.REPORTING_ONLY and k not in idle}
 
 
 def result_key(model: nn.Module, data: BurnData, cfg: BurnConfig) -> str:

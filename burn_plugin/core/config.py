@@ -62,6 +62,18 @@ the rest open; each open choice is a key here, with the default and its reason:
   near the boundary) kept it. With ``boundary`` BURN[spectral] ended at ACC 84.09 / ASR 22.36 on
   BadNets and 87.63 / 18.93 on Blended (no defense 86.26 / 97.16 and 87.00 / 99.92): ACC kept, ASR
   cut but not removed; two records, so the default stays the paper's.
+- ``detection_model = "infected"``: the boundary analysis and every detector look at the infected model
+  itself (the paper). Another choice trains a separate *detection model* on the poisoned training set
+  first and lets it do the looking, while the unlearning still repairs the infected model:
+  ``"sgd"`` fine-tunes a copy of the infected weights with SGD (momentum 0.9, weight decay 5e-4) for
+  ``detection_epochs`` at ``detection_lr`` (the control), ``"sam"`` does the same with sharpness-aware
+  minimisation over that SGD (Foret et al. 2021, ascent radius ``sam_rho``; ``core/sam.py``), and
+  ``"sam_scratch"`` trains with SAM from a fresh initialisation (seeded by ``random_seed``). The
+  training uses the fine-tuning's batch size and augmentation; its time is its own timing
+  (``detection_model_s``). ``detection_epochs = 2``, ``detection_lr = 0.01`` and ``sam_rho = 0.1`` are
+  starting points, not measured optima (Foret et al. use rho 0.05 and 0.1 on CIFAR). A detection model
+  needs ``distance_model: frozen`` (l(x) is computed once, on it). The ``disagreement`` detector
+  compares the detection model with the infected one (``core/detectors.py``).
 - ``random_seed = 0``: BackdoorBench's default seed.
 """
 from __future__ import annotations
@@ -81,6 +93,7 @@ MAX_PASSES = 10_000
 #: per-key maxima of integer settings shared by the methods' configs (others: ``MAX_INT_SETTING``)
 INT_MAXIMA = {"rounds": MAX_PASSES, "epochs": MAX_PASSES, "unlearning_epochs": MAX_PASSES,
               "relearn_epochs": MAX_PASSES, "candidates": MAX_PASSES, "search_iter": 1_000,
+              "detection_epochs": MAX_PASSES,
               "random_seed": 2 ** 32 - 1}
 
 
@@ -228,6 +241,11 @@ class BurnConfig(ConfigBase):
     clean_selection: str = "global"
     clean_ranking: str = "detector"
     pd_output: str = "softmax"
+    # detection model (not in the paper; see module docstring)
+    detection_model: str = "infected"
+    detection_epochs: int = 2
+    detection_lr: float = 0.01
+    sam_rho: float = 0.1
     # run
     random_seed: int = 0
     eval_every_round: bool = True
@@ -267,6 +285,12 @@ class BurnConfig(ConfigBase):
         "clean_ranking": "BD in the S that picks phase 2's clean set: the detector's score (paper, for the boundary "
                          "detector) or boundary, l / l_max whatever the detector (the clean set nearest the boundary)",
         "pd_output": "f in PD: softmax outputs or logits",
+        "detection_model": "the model the boundary analysis and the detectors look at: the infected model (paper), or "
+                           "a copy trained further on the poisoned training set with SGD (sgd, the control) or SAM "
+                           "(sam), or trained with SAM from scratch (sam_scratch); the infected model is repaired",
+        "detection_epochs": "epochs of training for the detection model (not used with detection_model infected)",
+        "detection_lr": "SGD learning rate of the detection model's training (momentum 0.9, weight decay 5e-4)",
+        "sam_rho": "SAM's ascent radius rho (detection_model sam and sam_scratch)",
         "random_seed": "seed for shuffling and augmentation",
         "eval_every_round": "ACC/ASR/RA after every round (reporting only; off: only at the end)",
     }
@@ -296,7 +320,8 @@ class BurnConfig(ConfigBase):
                 "grad_mode": ("loop", "batched"),
                 "candidate_mode": ("fixed", "adaptive"), "boundary_method": ("deepfool", "superdeepfool"),
                 "pd_output": ("softmax", "logits"), "clean_selection": ("global", "per_label"),
-                "clean_ranking": ("detector", "boundary")}
+                "clean_ranking": ("detector", "boundary"),
+                "detection_model": ("infected", "sgd", "sam", "sam_scratch")}
 
     @classmethod
     def choices_of(cls, key: str) -> tuple | None:
@@ -331,6 +356,13 @@ class BurnConfig(ConfigBase):
         self._check_choices()
         need(self.detector == "boundary" or self.distance_model == "frozen",
              f"detector {self.detector} scores the frozen infected model; use distance_model: frozen with it")
+        need(isinstance(self.detection_epochs, int) and not isinstance(self.detection_epochs, bool)
+             and self.detection_epochs >= 1, f"detection_epochs must be an integer >= 1, got {self.detection_epochs!r}")
+        need(_num(self.detection_lr) and self.detection_lr > 0, f"detection_lr must be > 0, got {self.detection_lr!r}")
+        need(_num(self.sam_rho) and self.sam_rho >= 0, f"sam_rho must be >= 0, got {self.sam_rho!r}")
+        need(self.detection_model == "infected" or self.distance_model == "frozen",
+             f"detection_model {self.detection_model} computes l(x) once, on the detection model; use "
+             f"distance_model: frozen with it")
         need(isinstance(self.random_seed, int) and 0 <= self.random_seed < 2 ** 32,
              f"random_seed must be an integer in [0, 2**32), got {self.random_seed!r:.60}")
 

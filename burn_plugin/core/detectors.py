@@ -53,6 +53,45 @@ Activation clustering is the partner because it is the only feature-space method
 evidence here: the issue's probe split the target class of a Blended record into 5,984 samples that
 are 99.9% poison and 5,433 that are 0.4% poison, while spectral scored 0.52-0.56.
 
+Detectors that read the model itself
+------------------------------------
+These look at the *detection model* (``BurnConfig.detection_model``: the infected model by default,
+or a copy trained further with SGD or SAM, or a SAM model trained from scratch; ``core/sam.py``).
+
+``disagreement``: the detection model's ``u_i = 1 - p_det(y_i | x_i)`` on every training sample, ranked
+from the suspect side. Which side is suspect depends on how the detection model met the poison: one
+that refuses to fit the trigger (SAM is meant to) gives poison a *high* loss, one that fits the
+shortcut before the clean features gives it a *low* loss. The side is read from unlabelled evidence
+(:func:`disagreement_evidence`): ``d_i = p_inf(y_i) - p_det(y_i)``, how much less the detection model
+agrees with the given label than the infected model; each label is split in two along ``d``, and a
+coherent part whose mean ``d`` lies far above the whole set's median votes "high loss", far below
+"low loss" (weighted by its size and squared departure; a label without a coherent group splits
+into two parts on either side of the median, whose votes cancel). With the infected model as the
+detection model ``d = 0``, and the low side is used: the infected model's own loss, lowest on the
+samples it fitted most readily (the poison, Li et al. 2021's ABL premise).
+
+``ibd_psc`` (Hou et al., ICML 2024, IBD-PSC). The learnt scale and shift of the last ``i`` batch-norm
+layers (execution order, nearest the head first) are multiplied by ``omega = 1.5`` (Eq. 2); a
+poisoned input keeps its prediction under this amplification, a clean one loses it. Layer selection
+(Eq. 3, Algorithm 1): ``k`` is the smallest ``i in 1..L`` whose error rate ``eta(i)`` exceeds ``xi =
+0.6``, and ``L`` when none does; the score (Eq. 4) is the mean probability of the unamplified
+prediction under ``F_k .. F_{k+n-1}``, ``n = 5`` (those up to ``L``). Taken from the equations, not
+from the released code (which, as the issue reports, starts its ensemble one layer deeper than Eq. (4)
+and can return ``None`` for ``k``). No clean data: ``eta`` is measured on up to
+``IBD_REFERENCE`` = 2000 training images (a seeded subset) against the unamplified prediction instead
+of a true label; poison is a minority there and keeps its prediction, so it can only lower ``eta``
+by its share. Needs batch-norm layers with affine parameters.
+
+``flare`` (Hou et al., TIFS 2025, FLARE; written from the paper's abstract and the issue's account,
+the method section was not available). Per batch-norm layer and sample, the most abnormal activation
+of the layer's input against its running statistics, ``max |a - mu| / sqrt(var + eps)``
+(:func:`abnormal_activations`); each layer's column robustly standardised over the training set, so
+every layer weighs alike; the *whole* training set (not per label: all-to-all and untargeted attacks
+spread their poison over every label) split in two by 2-means on the layers ``s .. L-1``, every ``s``
+tried and the range with the best silhouette kept (:func:`flare_split`); the suspect cluster is the
+more stable, i.e. tighter, one. Needs batch-norm layers with running statistics. A model without
+batch norm is refused up front by both, naming the detectors that fit (:func:`check_detector_fits`).
+
 Why SCAn rather than SPECTRE
 ----------------------------
 SPECTRE (Hayase et al. 2021) whitens each label with a *robust* covariance estimate and scores with
@@ -97,6 +136,7 @@ without one, such as SqueezeNet, the input of its last parametrised layer, avera
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -106,11 +146,15 @@ import torch.nn as nn
 
 from ..errors import BadInputError, ConfigError, ShapeMismatchError
 from .scores import boundary_score
-from .tensors import PixelSpaceModel, batches, find_classifier, to_float
+from .tensors import PixelSpaceModel, batches, find_classifier, predict, to_float
+
+log = logging.getLogger("burn.core")
 
 __all__ = ["DetectorContext", "DetectorSpec", "DETECTORS", "register_detector", "list_detectors",
            "detector_scores", "penultimate_features", "normalise_across_labels", "robust_z_per_label",
-           "unit_rank", "suspect_side", "COMBINED_PARTNER", "AC_DIMS", "SCAN_DIMS", "MAD_SCALE"]
+           "unit_rank", "suspect_side", "COMBINED_PARTNER", "AC_DIMS", "SCAN_DIMS", "MAD_SCALE",
+           "batchnorm_layers", "check_detector_fits", "disagreement_evidence", "ibd_psc", "IbdPscResult",
+           "abnormal_activations", "flare_split", "FlareSplit", "IBD_OMEGA", "IBD_N", "IBD_XI", "IBD_REFERENCE"]
 
 #: ``1.4826 * MAD`` estimates the standard deviation of a normal sample
 MAD_SCALE = 1.4826
@@ -300,7 +344,9 @@ def suspect_side(part: np.ndarray, boundary: np.ndarray | None) -> bool:
 class DetectorContext:
     """What a detector gets: the frozen model (normalised input), images, labels and BURN's signals.
 
-    ``features`` is computed on first use and kept (:func:`penultimate_features`).
+    ``features`` is computed on first use and kept (:func:`penultimate_features`). ``model`` is the
+    detection model (``BurnConfig.detection_model``; the infected model itself by default) and
+    ``reference_model`` the infected model when they differ (``None``: the same model).
     """
 
     model: nn.Module | None
@@ -314,6 +360,7 @@ class DetectorContext:
     batch_size: int = 256
     seed: int = 0
     _features: torch.Tensor | None = field(default=None, repr=False)
+    reference_model: nn.Module | None = field(default=None, repr=False)
 
     @property
     def features(self) -> torch.Tensor:
@@ -341,6 +388,7 @@ class DetectorSpec:
     fn: Callable[[DetectorContext], torch.Tensor]
     needs_boundary: bool
     needs_features: bool
+    needs_batchnorm: str = ""   # "statistics" / "affine": reads batch-norm running statistics / scale and shift
 
     @property
     def summary(self) -> str:
@@ -350,14 +398,45 @@ class DetectorSpec:
 DETECTORS: dict[str, DetectorSpec] = {}
 
 
-def register_detector(name: str, *, needs_boundary: bool, needs_features: bool):
-    """Decorator: register ``fn(ctx: DetectorContext) -> scores`` (float64, length N, in [0, 1]) as ``name``."""
+def register_detector(name: str, *, needs_boundary: bool, needs_features: bool, needs_batchnorm: str = ""):
+    """Decorator: register ``fn(ctx: DetectorContext) -> scores`` (float64, length N, in [0, 1]) as ``name``.
+
+    ``needs_batchnorm``: ``"statistics"`` (the detector reads batch-norm running statistics) or ``"affine"``
+    (it also changes their learnt scale and shift); a model without such layers is refused up front
+    (:func:`check_detector_fits`)."""
+    if needs_batchnorm not in ("", "statistics", "affine"):
+        raise ValueError(f"needs_batchnorm must be '', 'statistics' or 'affine', got {needs_batchnorm!r}")
+
     def deco(fn):
         if name in DETECTORS:
             raise ValueError(f"detector {name!r} is registered twice")
-        DETECTORS[name] = DetectorSpec(name, fn, bool(needs_boundary), bool(needs_features))
+        DETECTORS[name] = DetectorSpec(name, fn, bool(needs_boundary), bool(needs_features), needs_batchnorm)
         return fn
     return deco
+
+
+def batchnorm_layers(model: nn.Module | None, *, affine: bool = False) -> list[nn.Module]:
+    """``model``'s batch-norm layers with running statistics (``affine``: only those with a learnt scale
+    and shift), in definition order."""
+    if model is None:
+        return []
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.running_mean is not None and m.running_var is not None
+            and (not affine or (m.weight is not None and m.bias is not None))]
+
+
+def check_detector_fits(name: str, model: nn.Module | None) -> None:
+    """Raise a one-line :class:`~burn_plugin.errors.ConfigError` when detector ``name`` cannot read ``model``
+    (a batch-norm detector on a model without batch-norm layers), naming the detectors that fit it."""
+    spec = DETECTORS.get(name)
+    if spec is None or not spec.needs_batchnorm or model is None:
+        return
+    affine = spec.needs_batchnorm == "affine"
+    if not batchnorm_layers(model, affine=affine):
+        fit = [n for n in list_detectors() if not DETECTORS[n].needs_batchnorm]
+        what = "batch-norm layers with a learnt scale and shift" if affine else "batch-norm layers with running statistics"
+        raise ConfigError(f"detector {name} needs {what}; {type(model).__name__} has none; detectors that fit "
+                          f"this model: {', '.join(fit)}")
 
 
 def list_detectors() -> list[str]:
@@ -368,7 +447,7 @@ def detector_scores(name: str, model: nn.Module | None, x: torch.Tensor | None, 
                     mean: Sequence[float] = (), std: Sequence[float] = (),
                     boundary_distance: torch.Tensor | None = None, adv_label: torch.Tensor | None = None,
                     device="cpu", batch_size: int = 256, seed: int = 0,
-                    features: torch.Tensor | None = None) -> torch.Tensor:
+                    features: torch.Tensor | None = None, reference_model: nn.Module | None = None) -> torch.Tensor:
     """Suspicion score of every training sample under detector ``name``: float64 ``(N,)`` in [0, 1],
     higher = more likely poisoned.
 
@@ -376,8 +455,10 @@ def detector_scores(name: str, model: nn.Module | None, x: torch.Tensor | None, 
     images (uint8 or float in [0, 1]); ``y`` the given labels; ``boundary_distance`` the boundary
     analysis's ``l(x)`` (required by ``boundary`` and ``combined``; the feature detectors use it to
     choose the suspect part of a label when given); ``features`` precomputed
-    :func:`penultimate_features` (skips the forward passes). An unknown name is a
-    :class:`~burn_plugin.errors.ConfigError` listing the known ones.
+    :func:`penultimate_features` (skips the forward passes); ``reference_model`` the infected model
+    when ``model`` is a separate detection model (``disagreement`` compares the two). An unknown name is a
+    :class:`~burn_plugin.errors.ConfigError` listing the known ones; a batch-norm detector on a model
+    without batch norm another, naming the detectors that fit (:func:`check_detector_fits`).
     """
     spec = DETECTORS.get(name)
     if spec is None:
@@ -395,8 +476,13 @@ def detector_scores(name: str, model: nn.Module | None, x: torch.Tensor | None, 
                           f"pass boundary_distance")
     if features is not None and len(features) != n:
         raise ShapeMismatchError(f"{len(features)} feature rows but {n} labels")
+    if spec.needs_batchnorm:
+        if model is None or x is None:
+            raise BadInputError(f"detector {name!r} needs the model and the images")
+        check_detector_fits(name, model)
     ctx = DetectorContext(model, x, y, mean, std, boundary_distance, adv_label, device, batch_size, seed,
-                          None if features is None else torch.as_tensor(features).float().reshape(n, -1))
+                          None if features is None else torch.as_tensor(features).float().reshape(n, -1),
+                          reference_model=reference_model)
     s = torch.as_tensor(spec.fn(ctx)).reshape(-1)
     if s.dtype != torch.float64:
         s = s.double()
@@ -576,3 +662,297 @@ def _combined(ctx: DetectorContext) -> torch.Tensor:
     """Rank average of boundary and activation_clustering."""
     partner = DETECTORS[COMBINED_PARTNER].fn(ctx)
     return (unit_rank(boundary_score(ctx.boundary_distance)) + unit_rank(partner)) / 2.0
+
+
+# ------------------------------------------------------------------------------------------------
+# detectors that read the model itself: disagreement, IBD-PSC, FLARE
+
+#: IBD-PSC's amplification factor, ensemble size and error-rate threshold (Hou et al. 2024, section 5.1)
+IBD_OMEGA, IBD_N, IBD_XI = 1.5, 5, 0.6
+#: training samples IBD-PSC's layer selection measures the error rate on (a seeded subset; all when fewer)
+IBD_REFERENCE = 2000
+
+
+def _pixel_model(model: nn.Module, ctx: DetectorContext) -> PixelSpaceModel:
+    """``model`` behind the normalisation, in the model's own train/eval mode (so ``predict`` restores it)."""
+    pm = PixelSpaceModel(model, ctx.mean, ctx.std)
+    pm.normalize.to(ctx.device)
+    pm.train(model.training)
+    return pm
+
+
+def _label_probability(model: nn.Module | None, ctx: DetectorContext) -> np.ndarray:
+    """``p(y_i | x_i)`` under ``model`` (softmax in float64, eval mode) for every training sample."""
+    if model is None or ctx.x is None:
+        raise BadInputError("this detector needs the model and the images")
+    logits = predict(_pixel_model(model, ctx), ctx.x, batch_size=ctx.batch_size, device=ctx.device)
+    y = ctx.y.long()
+    if ctx.n and int(y.max()) >= logits.shape[1]:
+        raise ShapeMismatchError(f"label {int(y.max())} but the model has {logits.shape[1]} outputs")
+    return torch.softmax(logits.double(), dim=1).gather(1, y[:, None])[:, 0].numpy()
+
+
+def disagreement_evidence(p_det, p_inf, labels) -> float:
+    """Which side of the detection model's loss is suspect: > 0 the high side, <= 0 the low side.
+
+    ``d_i = p_inf(y_i) - p_det(y_i)``: how much less the detection model agrees with the given label than
+    the infected model does. Each label is split in two along ``d`` (exact 1-D 2-means); every part ``P``
+    adds ``|P| * dep_P * |dep_P|`` with ``dep_P = mean_P d - median(d)``, its departure from the whole
+    set's typical ``d`` (the clean majority's). Returns the sum over ``N``. A coherent group (a part of
+    hundreds of samples of one label) keeps its full departure, while a label without one splits into
+    two parts on either side of the median whose terms cancel; the sign says whether the coherent
+    minority sits above (poison the detection model refuses to fit: high loss) or below (poison it fits
+    more readily than clean data: low loss). Identical models give ``d = 0`` and 0.
+    """
+    d = _as_np(p_inf).ravel() - _as_np(p_det).ravel()
+    y = _as_np(labels).ravel()
+    if len(d) == 0:
+        return 0.0
+    med = float(np.median(d))
+    e = 0.0
+    for c in np.unique(y):
+        dc = d[y == c]
+        upper = _split_1d(dc) if len(dc) >= _MIN_LABEL else None
+        for part in ((upper, ~upper) if upper is not None else (np.ones(len(dc), dtype=bool),)):
+            dep = float(dc[part].mean()) - med
+            e += int(part.sum()) * dep * abs(dep)
+    return e / len(d)
+
+
+@register_detector("disagreement", needs_boundary=False, needs_features=False)
+def _disagreement(ctx: DetectorContext) -> torch.Tensor:
+    """Detection model's 1 - p(given label), high or low side chosen against the infected model."""
+    p_det = _label_probability(ctx.model, ctx)
+    ref = ctx.reference_model
+    p_inf = p_det if ref is None or ref is ctx.model else _label_probability(ref, ctx)
+    e = disagreement_evidence(p_det, p_inf, ctx.labels_np())
+    log.info("disagreement: evidence %.3g -> suspect %s loss", e, "high" if e > 0 else "low")
+    return unit_rank(1.0 - p_det if e > 0 else p_det)
+
+
+def _execution_order(pm: nn.Module, layers: list[nn.Module], ctx: DetectorContext) -> list[nn.Module]:
+    """``layers`` in the order a forward pass (eval mode, two images) first calls them; uncalled ones dropped."""
+    seen: list[nn.Module] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append(mod) if all(mod is not s for s in seen)
+                                         else None) for m in layers]
+    was = pm.training
+    pm.eval()
+    try:
+        with torch.no_grad():
+            pm(to_float(ctx.x[:2]).to(ctx.device))
+    finally:
+        for h in hooks:
+            h.remove()
+        pm.train(was)
+    return seen
+
+
+class _Amplified:
+    """Context: ``set(count)`` makes the first ``count`` of ``layers`` (nearest the head first) scale and
+    shift by ``omega`` times their own (IBD-PSC's Eq. 2), the rest their own; the originals come back on
+    exit, copied, so no rounding drifts into the model."""
+
+    def __init__(self, layers: list[nn.Module], omega: float):
+        self.layers, self.omega = layers, omega
+
+    def __enter__(self):
+        self.saved = [(m.weight.detach().clone(), m.bias.detach().clone()) for m in self.layers]
+        return self
+
+    @torch.no_grad()
+    def set(self, count: int) -> None:
+        for j, (m, (w, b)) in enumerate(zip(self.layers, self.saved)):
+            f = self.omega if j < count else 1.0
+            m.weight.copy_(w * f)
+            m.bias.copy_(b * f)
+
+    def __exit__(self, *exc):
+        self.set(0)
+        return False
+
+
+@dataclass
+class IbdPscResult:
+    psc: np.ndarray          # PSC(x) of every sample, Eq. (4)
+    start: int               # k: the first number of amplified layers whose error rate exceeds xi (else L)
+    members: list[int]       # the layer counts averaged: k .. k + n - 1, at most L
+    error_rates: list[float]  # eta(1), eta(2), ... as far as Algorithm 1 went
+    layers: int              # L: the amplifiable batch-norm layers
+
+
+def ibd_psc(model: nn.Module, x: torch.Tensor, *, mean: Sequence[float], std: Sequence[float], omega: float = IBD_OMEGA,
+            n: int = IBD_N, xi: float = IBD_XI, reference: torch.Tensor | None = None, batch_size: int = 256,
+            device="cpu") -> IbdPscResult:
+    """IBD-PSC (Hou et al., ICML 2024) on every image of ``x``, with no clean data.
+
+    The ``L`` batch-norm layers with affine parameters are ordered from the head backwards (execution
+    order, reversed). ``F_i``: the model with the last ``i`` of them scaling ``gamma, beta`` by ``omega``
+    (Eq. 2). Layer selection (Eq. 3, Algorithm 1): ``eta(i)`` = the share of the ``reference`` images
+    (indices into ``x``; default all) whose prediction under ``F_i`` differs from the unamplified
+    prediction ``y'``; ``k = min{i in 1..L : eta(i) > xi}``, and ``k = L`` when no ``i`` crosses (the
+    value Algorithm 1 holds at its loop's end). Score (Eq. 4): ``PSC(x) = mean_{i=k}^{min(k+n-1, L)}
+    softmax(F_i(x))[y']``; poisoned inputs keep their prediction (high PSC). The model is restored
+    exactly afterwards.
+    """
+    layers = batchnorm_layers(model, affine=True)
+    if not layers:
+        raise ConfigError(f"IBD-PSC needs batch-norm layers with a learnt scale and shift; {type(model).__name__} "
+                          f"has none")
+    ctx = DetectorContext(model, x, torch.zeros(len(x), dtype=torch.long), mean, std, device=device,
+                          batch_size=batch_size)
+    pm = _pixel_model(model, ctx)
+    ordered = _execution_order(pm, layers, ctx)[::-1]
+    big_l = len(ordered)
+    y0 = predict(pm, x, batch_size=batch_size, device=device).argmax(1)
+    ref = torch.arange(len(x)) if reference is None else torch.as_tensor(reference).long()
+    etas: list[float] = []
+    start = big_l
+    with _Amplified(ordered, omega) as amp:
+        for i in range(1, big_l + 1):
+            amp.set(i)
+            pred = predict(pm, x[ref], batch_size=batch_size, device=device).argmax(1)
+            etas.append(float((pred != y0[ref]).double().mean()) if len(ref) else 0.0)
+            if etas[-1] > xi:
+                start = i
+                break
+        members = [i for i in range(start, start + n) if i <= big_l]
+        psc = torch.zeros(len(x), dtype=torch.float64)
+        for i in members:
+            amp.set(i)
+            logits = predict(pm, x, batch_size=batch_size, device=device)
+            psc += torch.softmax(logits.double(), dim=1).gather(1, y0[:, None])[:, 0]
+        psc /= len(members)
+    return IbdPscResult(psc.numpy(), start, members, etas, big_l)
+
+
+@register_detector("ibd_psc", needs_boundary=False, needs_features=False, needs_batchnorm="affine")
+def _ibd_psc(ctx: DetectorContext) -> torch.Tensor:
+    """IBD-PSC: mean probability of the own prediction under amplified batch-norm layers (high = kept)."""
+    ref = None
+    if ctx.n > IBD_REFERENCE:
+        ref = torch.randperm(ctx.n, generator=torch.Generator().manual_seed(ctx.seed))[:IBD_REFERENCE].sort().values
+    res = ibd_psc(ctx.model, ctx.x, mean=ctx.mean, std=ctx.std, reference=ref, batch_size=ctx.batch_size,
+                  device=ctx.device)
+    log.info("IBD-PSC: %d batch-norm layers, error rates %s, start k = %d, ensemble %s", res.layers,
+             ", ".join(f"{e:.2f}" for e in res.error_rates), res.start, res.members)
+    return unit_rank(res.psc)
+
+
+@torch.no_grad()
+def abnormal_activations(model: nn.Module, x: torch.Tensor, *, mean: Sequence[float], std: Sequence[float],
+                         batch_size: int = 256, device="cpu") -> np.ndarray:
+    """``(N, L)`` float64: for every image and every batch-norm layer (execution order), the layer's most
+    abnormal activation, ``max_c max_position |a - mu_c| / sqrt(var_c + eps)`` over the layer's input ``a``
+    measured against its running statistics (the training set's own, in eval mode)."""
+    layers = batchnorm_layers(model)
+    if not layers:
+        raise ConfigError(f"FLARE needs batch-norm layers with running statistics; {type(model).__name__} has none")
+    ctx = DetectorContext(model, x, torch.zeros(len(x), dtype=torch.long), mean, std, device=device,
+                          batch_size=batch_size)
+    pm = _pixel_model(model, ctx)
+    ordered = _execution_order(pm, layers, ctx)
+    col = {id(m): j for j, m in enumerate(ordered)}
+    out = np.zeros((len(x), len(ordered)))
+    current: dict[int, torch.Tensor] = {}
+
+    def grab(mod, args):
+        a = args[0].detach().float()
+        shape = (1, -1) + (1,) * (a.dim() - 2)
+        z = ((a - mod.running_mean.float().view(shape)) / torch.sqrt(mod.running_var.float().view(shape) + mod.eps)).abs()
+        v = z.flatten(1).amax(1) if z.dim() > 1 else z
+        j = col[id(mod)]
+        current[j] = v if j not in current else torch.maximum(current[j], v)
+    hooks = [m.register_forward_pre_hook(grab) for m in ordered]
+    was = pm.training
+    pm.eval()
+    try:
+        for b in batches(len(x), batch_size):
+            current.clear()
+            pm(to_float(x[b]).to(device))
+            for j, v in current.items():
+                out[b.numpy(), j] = v.double().cpu().numpy()
+    finally:
+        for h in hooks:
+            h.remove()
+        pm.train(was)
+    return out
+
+
+def _standardise_columns(r: np.ndarray) -> np.ndarray:
+    """Each column as a robust z-score over the rows (median, 1.4826 MAD; a constant column becomes 0)."""
+    out = np.zeros_like(r, dtype=np.float64)
+    for j in range(r.shape[1]):
+        med, scale = _robust_location_scale(r[:, j])
+        if scale > 0:
+            out[:, j] = (r[:, j] - med) / scale
+    return out
+
+
+def _silhouette(z: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """Simplified silhouette ``(b - a) / max(a, b)`` of every row (distances to the own / other centroid)."""
+    cent = np.stack([z[~lab].mean(axis=0), z[lab].mean(axis=0)])
+    own = np.linalg.norm(z - cent[lab.astype(int)], axis=1)
+    other = np.linalg.norm(z - cent[1 - lab.astype(int)], axis=1)
+    den = np.maximum(own, other)
+    return np.divide(other - own, den, out=np.zeros_like(den), where=den > 0)
+
+
+@dataclass
+class FlareSplit:
+    start: int                # first layer (0-based, execution order) of the chosen range start .. L-1
+    qualities: list[float]    # mean silhouette of the 2-cluster split of every range start .. L-1
+    suspect: np.ndarray       # bool per sample: in the suspect (more stable) cluster
+    score: np.ndarray         # position along the line from the other cluster's centre to the suspect's
+
+
+def flare_split(rep: np.ndarray, seed: int = 0) -> FlareSplit:
+    """FLARE's clustering of the whole training set on its ``(N, L)`` abnormal activations (columns in
+    execution order, robustly standardised here so every layer weighs alike).
+
+    Layer range: for every start ``s`` the rows restricted to layers ``s .. L-1`` (the deep end kept,
+    shallow layers dropped one at a time) are split in two by 2-means; the range with the best mean
+    silhouette is kept (ties: the one with more layers). Every start is tried: a backdoor that shows
+    in the deep layers only is found even where the full range splits along something else.
+    Suspect cluster: the more *stable* one, here the one whose members sit closer to their centre
+    (smaller median distance): a trigger gives its samples one abnormal-activation profile while
+    clean samples vary with their content (ties: the smaller cluster). Score: the position along the
+    line between the centres, ``(v - (c_s + c_o) / 2) . (c_s - c_o)`` (linear, so it keeps ordering the
+    samples beyond either centre, where a difference of distances saturates).
+    """
+    n, big_l = rep.shape
+    z = _standardise_columns(rep)
+    qualities: list[float] = []
+    best = None
+    for s in range(big_l):
+        v = z[:, s:]
+        lab = _split_1d(v[:, 0]) if v.shape[1] == 1 else _two_means(v, seed)
+        q = float(_silhouette(v, lab).mean()) if lab is not None else -np.inf
+        qualities.append(q)
+        if lab is not None and (best is None or q > best[0]):
+            best = (q, s, lab)
+    if best is None:
+        return FlareSplit(0, qualities, np.zeros(n, dtype=bool), np.zeros(n))
+    _, s, lab = best
+    v = z[:, s:]
+    cent = {True: v[lab].mean(axis=0), False: v[~lab].mean(axis=0)}
+    spread = {k: float(np.median(np.linalg.norm(v[lab == k] - cent[k], axis=1))) for k in (True, False)}
+    if spread[True] != spread[False]:
+        side = spread[True] < spread[False]
+    else:
+        side = bool(lab.sum() <= (~lab).sum())
+    suspect = lab if side else ~lab
+    score = (v - (cent[side] + cent[not side]) / 2) @ (cent[side] - cent[not side])
+    return FlareSplit(s, qualities, suspect, score)
+
+
+@register_detector("flare", needs_boundary=False, needs_features=False, needs_batchnorm="statistics")
+def _flare(ctx: DetectorContext) -> torch.Tensor:
+    """FLARE: abnormal activations of every batch-norm layer, two clusters, the stable one suspect."""
+    if ctx.model is None or ctx.x is None:
+        raise BadInputError("this detector needs the model and the images")
+    rep = abnormal_activations(ctx.model, ctx.x, mean=ctx.mean, std=ctx.std, batch_size=ctx.batch_size,
+                               device=ctx.device)
+    res = flare_split(rep, ctx.seed)
+    log.info("FLARE: %d batch-norm layers, range from layer %d, %d samples in the suspect cluster", rep.shape[1],
+             res.start, int(res.suspect.sum()))
+    return unit_rank(res.score)
