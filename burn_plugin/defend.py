@@ -185,9 +185,16 @@ def refuse_finished(out: Path, method: str, overwrite: bool) -> None:
 
 def default_output_name(method: str, config) -> str:
     """``<record>/defense/<this>/``: the method's name, plus ``_<detector>`` when BURN ranks with another
-    detector than the paper's, so that runs with different detectors sit side by side."""
+    detector than the paper's and ``_<detection_model>`` when it reads another detection model than the
+    infected one, so that such runs sit side by side."""
+    parts = [method]
     detector = getattr(config, "detector", "boundary")
-    return method if detector == "boundary" else f"{method}_{detector}"
+    if detector != "boundary":
+        parts.append(detector)
+    detection_model = getattr(config, "detection_model", "infected")
+    if detection_model != "infected":
+        parts.append(detection_model)
+    return "_".join(parts)
 
 
 #: files that mark a folder as a defense result (a finished or an interrupted run)

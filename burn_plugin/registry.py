@@ -51,6 +51,10 @@ class Registry(Generic[T]):
 
     __getitem__ = get
 
+    def pop(self, name: str, *default):
+        """Remove ``name`` (a test's or a benchmark's planted entry) and return it."""
+        return self.entries.pop(name, *default)
+
     def __contains__(self, name: object) -> bool:
         return name in self.entries
 

@@ -279,7 +279,7 @@ class BurnConfig(ConfigBase):
         "grad_mode": "class gradients by a loop of backward passes or one batched call",
         "channels_last": "channels-last memory format during the run (speed only)",
         "detector": "poison detector whose score stands where the paper uses BD (phase 1's ranking, BD in S): "
-                    "boundary (the paper's l/l_max) or a feature-space detector (core/detectors.py)",
+                    "boundary (the paper's l/l_max) or another registered poison detector (core/detectors.py)",
         "clean_selection": "phase 2's clean set: the bottom k_c %% of the whole set by S (paper), or of each given "
                            "label in proportion to its size (keeps every class in the fine-tuning set)",
         "clean_ranking": "BD in the S that picks phase 2's clean set: the detector's score (paper, for the boundary "

@@ -145,6 +145,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import BadInputError, ConfigError, ShapeMismatchError
+from ..registry import Registry
 from .scores import boundary_score
 from .tensors import PixelSpaceModel, batches, find_classifier, predict, to_float
 
@@ -395,7 +396,7 @@ class DetectorSpec:
         return (self.fn.__doc__ or "").strip().splitlines()[0] if self.fn.__doc__ else ""
 
 
-DETECTORS: dict[str, DetectorSpec] = {}
+DETECTORS: Registry[DetectorSpec] = Registry("detector")
 
 
 def register_detector(name: str, *, needs_boundary: bool, needs_features: bool, needs_batchnorm: str = ""):
@@ -410,7 +411,7 @@ def register_detector(name: str, *, needs_boundary: bool, needs_features: bool, 
     def deco(fn):
         if name in DETECTORS:
             raise ValueError(f"detector {name!r} is registered twice")
-        DETECTORS[name] = DetectorSpec(name, fn, bool(needs_boundary), bool(needs_features), needs_batchnorm)
+        DETECTORS.register(name, DetectorSpec(name, fn, bool(needs_boundary), bool(needs_features), needs_batchnorm))
         return fn
     return deco
 
@@ -428,7 +429,7 @@ def batchnorm_layers(model: nn.Module | None, *, affine: bool = False) -> list[n
 def check_detector_fits(name: str, model: nn.Module | None) -> None:
     """Raise a one-line :class:`~burn_plugin.errors.ConfigError` when detector ``name`` cannot read ``model``
     (a batch-norm detector on a model without batch-norm layers), naming the detectors that fit it."""
-    spec = DETECTORS.get(name)
+    spec = DETECTORS.entries.get(name)
     if spec is None or not spec.needs_batchnorm or model is None:
         return
     affine = spec.needs_batchnorm == "affine"
@@ -440,7 +441,7 @@ def check_detector_fits(name: str, model: nn.Module | None) -> None:
 
 
 def list_detectors() -> list[str]:
-    return sorted(DETECTORS)
+    return DETECTORS.names()
 
 
 def detector_scores(name: str, model: nn.Module | None, x: torch.Tensor | None, y: torch.Tensor, *,
@@ -460,9 +461,7 @@ def detector_scores(name: str, model: nn.Module | None, x: torch.Tensor | None, 
     :class:`~burn_plugin.errors.ConfigError` listing the known ones; a batch-norm detector on a model
     without batch norm another, naming the detectors that fit (:func:`check_detector_fits`).
     """
-    spec = DETECTORS.get(name)
-    if spec is None:
-        raise ConfigError(f"unknown detector {name!r}; choose one of: {', '.join(list_detectors())}")
+    spec = DETECTORS.get(name)   # an unknown name: UnknownNameError (a ConfigError) listing the known ones
     y = torch.as_tensor(y).reshape(-1).long()
     n = len(y)
     if x is not None and len(x) != n:

@@ -124,6 +124,8 @@ def table_name(folder_name: str, run: dict, taken: set) -> str:
         parts.append(str(config["boundary_method"]))
     if config.get("box_aware") is True:
         parts.append("box-aware")
+    if config.get("detection_model", "infected") != "infected":
+        parts.append(f"{config['detection_model']} detection model")
     if config.get("clean_selection", "global") == "per_label":
         parts.append("per_label")
     if config.get("clean_ranking", "detector") == "boundary" and feature_detector:
