@@ -51,7 +51,10 @@ def toy(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module("toy_defense")
     yield module
+    from burn_plugin.backdoorbench import sweep
+
     _DEFENSES.pop("toy", None)
+    sweep.DEFENSES.pop("toy", None)   # the sweep adds the plugin's defenses it sees to its own registry
     sys.modules.pop("toy_defense", None)
 
 
