@@ -13,11 +13,17 @@ classes (:mod:`burn_plugin.backdoorbench.defense`), and the plugin's rows of ``b
 
 The run function returns ``{"model", "history" (rows for <name>_df.csv), "timings", "summary",
 "files" ({name: writer(path)}), "data_used", optionally "after"}``; :func:`burn_plugin.defend.defend`
-evaluates, writes and times it. A new defense is one module here, imported below.
+evaluates, writes and times it. A new defense is one module here (imported below by discovery); its
+YAML files are written by ``python -m burn_plugin.docgen``.
 """
 from __future__ import annotations
 
-from . import burn, ft, ulrl  # importing a defense's module registers it
+import importlib
+import pkgutil
+
 from .registry import _DEFENSES, DefenseSpec, all_defenses, defense, get_defense, list_defenses  # noqa: F401
 
-MODULES = (burn, ft, ulrl)
+#: every module of this package but the registry, imported (which registers its defense): a new defense
+#: is one new module here and nothing else
+MODULES = tuple(importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__)
+                if m.name != "registry")
