@@ -141,9 +141,14 @@ def measure_record(folder, args, cfg, names) -> dict:
     data = core.BurnData(x=train.x, y=train.label, mean=rec.spec.mean3, std=rec.spec.std3, hflip=rec.spec.hflip)
     poison = train.poison.bool()
     flipped = poison & (train.label != train.original_label)
-    model = rec.build_model().to(args.device).eval()
+    infected = rec.build_model().to(args.device).eval()
     print(f"\nrecord {rec.folder}: {len(poison)} training samples, {int(poison.sum())} poisoned "
           f"({int(flipped.sum())} label-flipped)", flush=True)
+    t0 = time.time()
+    model = core.detection_model(infected, data, cfg, device=args.device)   # the infected model by default
+    detection_s = time.time() - t0
+    if cfg.detection_model != "infected":
+        print(f"  detection model {cfg.detection_model}: trained in {detection_s:.0f} s", flush=True)
     t0 = time.time()
     boundary = core.analyse_boundary(model, data, cfg, device=args.device,
                                      cache=FileBoundaryCache(boundary_cache_folder(rec.folder / "defense" / "burn")))
@@ -154,6 +159,7 @@ def measure_record(folder, args, cfg, names) -> dict:
     features_s = time.time() - t0
     k = count_of(cfg.k_p0, len(poison), "k_p0")
     out = {"record": str(rec.folder), "n_train": len(poison), "n_poison": int(poison.sum()),
+           "detection_model": cfg.detection_model, "detection_model_seconds": detection_s,
            "boundary_seconds": boundary_s, "features_seconds": features_s, "k_p0_samples": k, "detectors": []}
     print(f"  boundary analysis {boundary_s:.0f} s (0 s when cached), penultimate features {features_s:.1f} s; "
           f"phase 1 relabels the top {k}", flush=True)
@@ -162,7 +168,8 @@ def measure_record(folder, args, cfg, names) -> dict:
         s = detector_scores(name, model, data.x, data.y, mean=data.mean, std=data.std,
                             boundary_distance=boundary.distance, adv_label=boundary.adv_label, device=args.device,
                             batch_size=cfg.boundary_batch_size, seed=cfg.random_seed,
-                            features=features if DETECTORS[name].needs_features else None)
+                            features=features if DETECTORS[name].needs_features else None,
+                            reference_model=infected if model is not infected else None)
         row = {"detector": name, "seconds": time.time() - t0,
                "uses_features": DETECTORS[name].needs_features,
                "auroc_poison": auroc(s, poison), "auroc_flipped": auroc(s, flipped),
@@ -259,7 +266,8 @@ def markdown(results: list[dict]) -> str:
     def pct(m):
         return " / ".join(f"{100 * m[k]:.2f}" for k in ("test_acc", "test_asr", "test_ra")) if m else "-"
     for r in results:
-        name = record_name(r)
+        name = record_name(r) + ("" if r.get("detection_model", "infected") == "infected"
+                                 else f" ({r['detection_model']} detection model)")
         if r.get("before"):
             lines.append(f"| {name} | no defense | | | {pct(r['before'])} | | |")
         for d in r["detectors"]:
@@ -273,6 +281,11 @@ def markdown(results: list[dict]) -> str:
         if r.get("oracle"):
             lines.append(f"| {name} | oracle (diagnostic) | 1 / 1 | 1 / - | {pct(r['oracle'].get('after'))} | "
                          f"{seconds(r['oracle'].get('defend_seconds'), r['oracle'].get('defend_boundary_seconds'))} | |")
+    trained = [f"{record_name(r)} {r['detection_model']} {r['detection_model_seconds']:,.0f} s" for r in results
+               if r.get("detection_model", "infected") != "infected"]
+    if trained:
+        lines += ["", "Detection model training (read by the boundary analysis and every detector): "
+                  + ", ".join(trained) + "."]
     boundary = [f"{record_name(r)} {r['boundary_seconds']:,.0f} s" for r in results
                 if r.get("boundary_seconds", 0) >= 1]
     if boundary:
