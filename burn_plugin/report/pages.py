@@ -173,7 +173,11 @@ def index_page(df: pd.DataFrame) -> str:
         "| [detectors.md](detectors.md) | each poison detector's AUROC and phase-1 precision, and BURN with it | "
         "`benchmarks/detectors.py --runs --markdown` |\n"
         "| `radar_by_defense.png`, `roc_by_attack.png` | the paper's Fig. 4 and Fig. 5 over these records | `burn compare` |\n"
-        "| `earlier/` | the first two records' tables, kept for reference | `burn compare` |\n\n"
+        "| `earlier/` | the first two records' tables, kept for reference | `burn compare` |\n"
+        "| [detection_models/detectors.md](detection_models/detectors.md) | every detector read from each detection "
+        "model (`detection_model`: infected, sgd, sam, sam_scratch) on three small records (3,000 training images; "
+        "the JSON beside it) | `benchmarks/detectors.py --set detection_model=... --json`, then `--from-json "
+        "--markdown` |\n\n"
         "`burn results --check` (run by the test suite) fails when a page rendered here differs from its data.\n")
 
 
