@@ -41,7 +41,7 @@ from .core.tensors import PixelSpaceModel
 from .errors import (BurnError, ConfigError, OutputExistsError, OutputNotWritableError, RankFailedError,
                      torchrun_world)
 from .fileio import (FileCheckpoint, finish_run, folder_lock, save_csv, save_json, save_torch, start_run,
-                     writable_folder)
+                     started_here, writable_folder)
 
 log = logging.getLogger("burn")
 
@@ -246,7 +246,7 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
             return None
         with folder_lock(out, what=f"burn defend --method {method}"):
             refuse_finished(out, method, overwrite)  # again, now that no other run can write here
-            if not resume:
+            if not resume or not started_here(out):
                 start_run(out)  # a new run: checkpoints found here before no longer match
             return _defend_main(record, model, method, config, device, out, model_name, resume, progress, run_info,
                                 extra, overwrite)
