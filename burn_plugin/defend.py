@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import platform
 import sys
 import time
@@ -38,8 +37,8 @@ import torch
 from .bench.metrics import METRIC_COLUMNS, as_metric_row, evaluate, summarize
 from .bench.records import AttackRecord, load_record
 from .core.tensors import PixelSpaceModel
-from .errors import (BurnError, ConfigError, OutputExistsError, OutputNotWritableError, RankFailedError,
-                     torchrun_world)
+from .errors import (RENDEZVOUS_TIMEOUT_VAR, BurnError, ConfigError, OutputExistsError, OutputNotWritableError,
+                     RankFailedError, stray_torchrun_variables, torchrun_env, torchrun_world)
 from .fileio import (FileCheckpoint, finish_run, folder_lock, save_csv, save_json, save_torch, start_run,
                      started_here, writable_folder)
 
@@ -63,8 +62,9 @@ def resolve_device(device: str | None) -> str:
 
 def rank_device(device: str) -> str:
     """``cuda`` becomes this process's own GPU (``cuda:LOCAL_RANK``) under torchrun."""
-    if device == "cuda" and torchrun_world() > 1:
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
+    env = torchrun_env()   # LOCAL_RANK checked with the other torchrun variables
+    if device == "cuda" and env["world"] > 1:
+        return f"cuda:{env['local_rank']}"
     return device
 
 
@@ -74,8 +74,6 @@ def process_group(device: str, method: str):
     in a shell without torchrun's ``TORCHELASTIC_RUN_ID`` make a one-process run, with a warning). The
     rendezvous waits at most ``$BURN_RENDEZVOUS_TIMEOUT`` seconds (default 60) for the other ranks; a
     failure on this rank becomes one ``error: rank R of W ...`` line (torchrun then stops the others)."""
-    from .errors import RENDEZVOUS_TIMEOUT_VAR, stray_torchrun_variables, torchrun_env
-
     env = torchrun_env()
     world = env["world"]
     if world == 1:
@@ -231,8 +229,9 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
     cls = config_class(method)  # validates the name and loads the registered methods
     config = config if config is not None else cls()
     record = load_record(attack_folder, trusted=trusted, dataset=dataset, dataset_path=dataset_path)
-    device = rank_device(resolve_device(device))  # after the record: a broken record is the first thing to report
-    torchrun_world()  # torchrun's variables checked before the output folder is made: a bad one writes nothing
+    # after the record (a broken record is the first thing to report), and before the output folder is made:
+    # rank_device checks torchrun's variables, so a bad one writes nothing
+    device = rank_device(resolve_device(device))
     model = record.build_model(model_name)
     out = prepare_output(record, method, output_dir, overwrite, resume, config)
     if resume:

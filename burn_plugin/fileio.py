@@ -82,9 +82,8 @@ def _unsafe_globals(data: bytes) -> list[str]:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
     except Exception:  # noqa: BLE001
         return []
-    allowed = {"numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
-               "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.ndarray", "numpy.dtype"}
-    return sorted(n for n in names if n not in allowed and not n.startswith("numpy.dtypes."))
+    allowed = {f"{module}.{name}" for module, name in _allowed_globals()}
+    return sorted(n for n in names if n not in allowed)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -94,33 +93,23 @@ def _first_line(exc: BaseException) -> str:
 
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     """The exact ``(module, name)`` pairs a plain-pickle record file may name, and the objects they stand
-    for: plain containers and scalars, and numpy's array/dtype/scalar reconstructors under both the
-    numpy-1 and numpy-2 module names. No name is looked up by walking attributes, and no module is
-    allowed as a whole: a pair not in this table is refused, whatever the module."""
+    for: plain containers and scalars, and the numpy arrays, dtypes and scalars of
+    :func:`~burn_plugin.safe_globals.numpy_safe_globals` (the very list ``torch_load`` allows), under
+    the names a pickle gives them. No name is looked up by walking attributes, and no module is allowed
+    as a whole: a pair not in this table is refused, whatever the module."""
     import builtins
     import collections
 
-    import numpy.dtypes as npd
-
-    try:
-        from numpy._core import multiarray as ma  # numpy >= 2
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray as ma
     table: dict[tuple[str, str], Any] = {
         ("builtins", n): getattr(builtins, n)
         for n in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bool", "bytes",
                   "bytearray", "complex")
     }
     table[("collections", "OrderedDict")] = collections.OrderedDict
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        table[(mod, "_reconstruct")] = ma._reconstruct
-        table[(mod, "scalar")] = ma.scalar
-    table[("numpy", "ndarray")] = np.ndarray
-    table[("numpy", "dtype")] = np.dtype
-    for name in dir(npd):
-        obj = getattr(npd, name)
-        if not name.startswith("_") and isinstance(obj, type) and issubclass(obj, np.dtype):
-            table[("numpy.dtypes", name)] = obj
+    for entry in numpy_safe_globals():
+        obj, name = entry if isinstance(entry, tuple) else (entry, f"{entry.__module__}.{entry.__qualname__}")
+        module, _, attr = name.rpartition(".")
+        table[(module, attr)] = obj
     return table
 
 

@@ -54,6 +54,7 @@ class PoisonContainer:
         self.data_dict = {_as_int(k, "a data_dict key"): _check_entry(k, v) for k, v in data_dict.items()}
         self.save_folder_path = save_folder_path
         self._resolve = resolve or (lambda p: Path(p))
+        self._max_side = self.max_side()   # once, not per image: it walks the dataset registry
 
     def labels(self, idx: int) -> tuple[int, int]:
         v = self.data_dict[idx]
@@ -72,7 +73,7 @@ class PoisonContainer:
                 with warnings.catch_warnings():  # the size is judged below from the header, before decoding
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                     with Image.open(path) as im:
-                        side = self.max_side()
+                        side = self._max_side
                         if not (0 < im.size[0] <= side and 0 < im.size[1] <= side):
                             raise CorruptFileError(
                                 f"poisoned image {v['path']} (at {path}) declares {im.size[0]}x{im.size[1]} pixels, "
