@@ -53,6 +53,18 @@ def poisoned_image(arr: np.ndarray, idx: int) -> np.ndarray:
     return out.astype(np.uint8)
 
 
+def burn_problem(n: int, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)):
+    """(an untrained smallresnet of 4 classes, ``BurnData`` of ``n`` 12x12 colour images): the small
+    problem the core-loop tests run BURN on."""
+    from burn_plugin.bench.models import build_model
+    from burn_plugin.core.burn import BurnData
+
+    x, y = class_images(n, 12, 12, 3, 4, seed=3)
+    torch.manual_seed(0)
+    model = build_model("smallresnet", 4)
+    return model, BurnData(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y), mean, std)
+
+
 def small_state_dict(num_classes: int = 10) -> dict:
     from burn_plugin.bench.models import build_model
 

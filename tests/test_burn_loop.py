@@ -10,23 +10,19 @@ import time
 import pytest
 import torch
 
-from burn_plugin.bench.models import build_model
 from burn_plugin.core.burn import BurnData, run_burn
 from burn_plugin.core.config import BurnConfig
 from burn_plugin.errors import EmptySelectionError
 from burn_plugin.fileio import FileBoundaryCache, FileCheckpoint
 
-from synthetic import class_images
+from conftest import burn_problem
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 @pytest.fixture(scope="module")
 def small_problem():
-    x, y = class_images(200, 12, 12, 3, 4, seed=3)
-    torch.manual_seed(0)
-    model = build_model("smallresnet", 4)
-    return model, BurnData(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y), MEAN, STD)
+    return burn_problem(200, MEAN, STD)
 
 
 def cfg(**kw):

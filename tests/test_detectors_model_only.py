@@ -337,18 +337,11 @@ def test_ibd_psc_needs_affine_batchnorm_flare_does_not():
 # ------------------------------------------------------------------------------------------------
 # run_burn with a detection model
 
-MEAN3, STD3 = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-
-
 @pytest.fixture(scope="module")
 def small_problem():
-    from burn_plugin.bench.models import build_model
-    from synthetic import class_images
+    from conftest import burn_problem
 
-    x, y = class_images(96, 12, 12, 3, 4, seed=3)
-    torch.manual_seed(0)
-    model = build_model("smallresnet", 4)
-    return model, BurnData(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y), MEAN3, STD3)
+    return burn_problem(96)
 
 
 def cfg(**kw):
