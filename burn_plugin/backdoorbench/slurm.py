@@ -36,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import BadInputError, BurnError, CorruptFileError, run_reporting_errors
-from .sweep import AttackInfo, SweepPlan, SweepRun, execute, result_state
+from .sweep import AttackInfo, SweepPlan, SweepRun, execute, is_done, result_state
 
 #: the Slurm commands (names on PATH)
 SBATCH, SQUEUE = "sbatch", "squeue"
@@ -199,7 +199,10 @@ def queue_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def run_states(plan: SweepPlan) -> list[tuple[SweepRun, str, str]]:
-    """``(run, state, detail)`` for every planned run: done / queued / running / failed / not submitted."""
+    """``(run, state, detail)`` for every planned run: done / queued / running / failed / not submitted.
+    A task still in the queue is queued or running whatever files it has written so far; a run is done by
+    the sweep's own rule (:func:`~burn_plugin.backdoorbench.sweep.is_done`: this tool finished it, with
+    these settings), so a status that says done never races the task's last writes."""
     last: dict[str, tuple[str, int]] = {}
     for sub in read_ledger(plan):
         for task, out_dir in enumerate(sub["runs"]):
@@ -207,17 +210,17 @@ def run_states(plan: SweepPlan) -> list[tuple[SweepRun, str, str]]:
     queue = queue_states(sorted({j for j, _ in last.values()}))
     rows = []
     for run in plan.runs:
-        if result_state(run.out_dir) == "ok":
-            rows.append((run, "done", ""))
-            continue
         job = last.get(str(run.out_dir))
-        if job is None:
-            rows.append((run, "not submitted", ""))
-            continue
-        tid = f"{job[0]}_{job[1]}"
-        state = queue.get(tid)
+        tid = f"{job[0]}_{job[1]}" if job is not None else None
+        state = queue.get(tid) if tid is not None else None
         if state is not None:
             rows.append((run, "running" if state in ("RUNNING", "COMPLETING") else "queued", f"job {tid} {state}"))
+            continue
+        if result_state(run.out_dir) == "ok" and is_done(run.out_dir, run.command):
+            rows.append((run, "done", ""))
+            continue
+        if job is None:
+            rows.append((run, "not submitted", ""))
             continue
         note = ""
         try:
