@@ -255,3 +255,18 @@ def test_clean_ranking_boundary_takes_the_clean_set_nearest_the_boundary(small_p
     rest = torch.ones(len(clean_s), dtype=torch.bool)
     rest[s.poison] = False
     assert float(clean_s[s.clean].max()) <= float(clean_s[rest & ~torch.isin(torch.arange(len(rest)), s.clean)].min())
+
+
+def test_clean_veto_keeps_the_detectors_top_out_of_every_clean_set(small_problem, reference_run):
+    model, data = small_problem
+    rule = dict(clean_selection="per_label", clean_ranking="boundary", detector="spectral")
+    res = run_burn(copy.deepcopy(model), data, cfg(clean_veto=30, **rule), progress=False)
+    free = run_burn(copy.deepcopy(model), data, cfg(**rule), progress=False)
+    vetoed = torch.argsort(res.bd, descending=True, stable=True)[:60]          # 30 % of 200 by phase 1's score
+    for s, ref in zip(res.selections[1:], free.selections[1:]):
+        assert len(s.clean) == len(ref.clean) and not torch.isin(s.clean, vetoed).any()
+    assert torch.isin(torch.cat([s.clean for s in free.selections[1:]]), vetoed).any()   # it had work to do
+    # a veto of 0 is the paper's selection, bit for bit
+    zero = run_burn(copy.deepcopy(model), data, cfg(clean_veto=0.0), progress=False)
+    assert all(torch.equal(u, v) for u, v in zip(reference_run.model.state_dict().values(),
+                                                  zero.model.state_dict().values()))

@@ -101,3 +101,31 @@ def test_select_with_its_own_clean_score():
         a = select(score, 2, 3, labels=lab)
         b = select(score, 2, 3, labels=lab, clean_score=score)
         assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_veto_keeps_suspects_out_of_every_clean_set():
+    g = torch.Generator().manual_seed(3)
+    score = torch.rand(200, generator=g, dtype=torch.float64)
+    labels = torch.arange(200) % 4
+    veto = torch.zeros(200, dtype=torch.bool)
+    veto[torch.argsort(score)[:30]] = True          # the 30 lowest scores: what a plain bottom would keep
+    for kw in ({}, {"labels": labels}, {"clean_score": -score}, {"labels": labels, "clean_score": score}):
+        plain_poison, _ = select(score, 10, 40, **kw)
+        poison, clean = select(score, 10, 40, veto=veto, **kw)
+        assert torch.equal(poison, plain_poison)      # the veto never touches the poison set
+        assert len(clean) == 40 and not veto[clean].any()
+        assert not set(clean.tolist()) & set(poison.tolist())
+    # without a veto the clean set is exactly today's
+    assert torch.equal(select(score, 10, 40, veto=torch.zeros(200, dtype=torch.bool))[1], select(score, 10, 40)[1])
+    # per label, the veto still leaves each label its quota when it can
+    _, clean = select(score, 10, 40, labels=labels, veto=veto)
+    assert torch.bincount(labels[clean], minlength=4).tolist() == [10, 10, 10, 10]
+    with pytest.raises(EmptySelectionError, match="clean_veto"):
+        select(score, 10, 170, veto=veto)
+
+
+def test_clean_veto_is_a_percentage():
+    BurnConfig(clean_veto=12.5).validate()
+    for bad in (-1, 100, float("nan"), True):
+        with pytest.raises(ConfigError, match="clean_veto"):
+            BurnConfig(clean_veto=bad).validate()

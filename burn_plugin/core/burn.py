@@ -346,6 +346,10 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
 
     # the clean set's BD: the detector's (default) or the paper's l / l_max whatever the detector
     bd_clean = boundary_score(boundary.distance) if cfg.clean_ranking == "boundary" else None
+    veto = None
+    if cfg.clean_veto > 0:   # the detector's phase-1 top is never clean
+        veto = torch.zeros(n, dtype=torch.bool)
+        veto[torch.argsort(bd, descending=True, stable=True)[:int(round(cfg.clean_veto / 100.0 * n))]] = True
     pd = torch.zeros(n, dtype=torch.float64)
     score = bd.clone()
     stopped = None
@@ -368,7 +372,7 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
             poison_idx, clean_idx = select(score, n_p, n_c,
                                            labels=data.y if cfg.clean_selection == "per_label" else None,
                                            clean_score=composite_score(bd_clean, pd, w) if bd_clean is not None
-                                           else None)
+                                           else None, veto=veto)
         timings["scoring_s"] += time.time() - t0
         sel = PoisonSelection(round=t, poison=poison_idx, clean=clean_idx, k_p=kp, k_c=kc, w=w if t else 0.0)
 

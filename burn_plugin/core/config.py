@@ -62,6 +62,10 @@ the rest open; each open choice is a key here, with the default and its reason:
   near the boundary) kept it. With ``boundary`` BURN[spectral] ended at ACC 84.09 / ASR 22.36 on
   BadNets and 87.63 / 18.93 on Blended (no defense 86.26 / 97.16 and 87.00 / 99.92): ACC kept, ASR
   cut but not removed; two records, so the default stays the paper's.
+- ``clean_veto = 0``: no veto (the paper). A positive value keeps the top ``clean_veto`` % of the
+  training set by the detector's phase-1 score out of every phase-2 clean set, so that a clean set
+  taken near the boundary (``clean_ranking: boundary``) and per label (``clean_selection: per_label``)
+  cannot hold what the detector suspects, even where the detector's top is larger than k_p.
 - ``detection_model = "infected"``: the boundary analysis and every detector look at the infected model
   itself (the paper). Another choice trains a separate *detection model* on the poisoned training set
   first and lets it do the looking, while the unlearning still repairs the infected model:
@@ -240,6 +244,7 @@ class BurnConfig(ConfigBase):
     detector: str = "boundary"
     clean_selection: str = "global"
     clean_ranking: str = "detector"
+    clean_veto: float = 0.0
     pd_output: str = "softmax"
     # detection model (not in the paper; see module docstring)
     detection_model: str = "infected"
@@ -284,6 +289,8 @@ class BurnConfig(ConfigBase):
                            "label in proportion to its size (keeps every class in the fine-tuning set)",
         "clean_ranking": "BD in the S that picks phase 2's clean set: the detector's score (paper, for the boundary "
                          "detector) or boundary, l / l_max whatever the detector (the clean set nearest the boundary)",
+        "clean_veto": "%% of the training set with the highest detector score (phase 1's ranking) never kept as "
+                      "clean in phase 2 (0: no veto, the paper)",
         "pd_output": "f in PD: softmax outputs or logits",
         "detection_model": "the model the boundary analysis and the detectors look at: the infected model (paper), or "
                            "a copy trained further on the poisoned training set with SGD (sgd, the control) or SAM "
@@ -313,6 +320,7 @@ class BurnConfig(ConfigBase):
         "detector": "boundary (BD = l / l_max, §5.2)",
         "clean_selection": "global (Algorithm 1: bottom k_c % of the training set)",
         "clean_ranking": "detector (S with the paper's BD)",
+        "clean_veto": "0 (Algorithm 1 keeps the bottom by S, nothing else)",
     }
     #: settings that change what is reported, never the purified model (left out of a checkpoint's key)
     REPORTING_ONLY = ("eval_every_round",)
@@ -336,6 +344,8 @@ class BurnConfig(ConfigBase):
         for k in ("k_p0", "k_pT", "k_c0", "k_cT"):
             v = getattr(self, k)
             need(_num(v) and 0 <= v <= 100, f"{k} is a percentage in [0, 100], got {v!r}")
+        need(_num(self.clean_veto) and 0 <= self.clean_veto < 100,
+             f"clean_veto is a percentage in [0, 100), got {self.clean_veto!r}")
         for k in ("w0", "wT"):
             v = getattr(self, k)
             need(_num(v) and 0 <= v <= 1, f"{k} must lie in [0, 1], got {v!r}")

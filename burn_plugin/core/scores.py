@@ -5,7 +5,8 @@
 - ``S(x) = (1 - w_t) BD(x) + w_t PD(x)``         :func:`composite_score`
 - linear schedules ``v_t = v_0 + t/T (v_T - v_0)`` for ``k_p``, ``k_c`` and ``w``   :func:`linear_schedule`
 - top ``k_p^t`` % -> poison set (relabelled), bottom ``k_c^t`` % -> clean set (label kept)  :func:`select`
-  (``clean_selection = "per_label"``: the bottom of each given label, in proportion to its size)
+  (``clean_selection = "per_label"``: the bottom of each given label, in proportion to its size;
+  ``clean_veto``: the detector's top never enters a clean set)
 """
 from __future__ import annotations
 
@@ -63,14 +64,15 @@ class PoisonSelection:
 
 
 def select(score: torch.Tensor, n_poison: int, n_clean: int,
-           labels: torch.Tensor | None = None, clean_score: torch.Tensor | None = None
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+           labels: torch.Tensor | None = None, clean_score: torch.Tensor | None = None,
+           veto: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the ``n_poison`` highest and ``n_clean`` lowest scores (disjoint; ties by index).
 
     With ``labels`` the clean set is drawn per given label, each label's lowest scores in proportion to
     its size (largest remainders fill the rounding), so that it keeps the class mix of the training
     set; the poison set is still the global top. With ``clean_score`` the clean set is the lowest of
-    *that* score among the samples not in the poison set.
+    *that* score among the samples not in the poison set. ``veto`` (bool mask) marks samples that are
+    never clean; the poison set ignores it. A label whose quota outruns its candidates gives what it has.
     """
     n = len(score)
     if n_poison + n_clean > n:
@@ -79,13 +81,17 @@ def select(score: torch.Tensor, n_poison: int, n_clean: int,
     poison = order[:n_poison].clone()
     if not n_clean:
         return poison, order[:0].clone()
-    if clean_score is None:
+    if clean_score is None and veto is None:
         rest = order[n_poison:]
     else:
-        keep = torch.ones(n, dtype=torch.bool)
+        keep = torch.ones(n, dtype=torch.bool) if veto is None else ~veto.bool()
         keep[poison] = False
         cand = torch.nonzero(keep).flatten()
-        rest = cand[torch.argsort(clean_score[cand], descending=True, stable=True)]
+        ranked = score if clean_score is None else clean_score
+        rest = cand[torch.argsort(ranked[cand], descending=True, stable=True)]
+        if len(rest) < n_clean:
+            raise EmptySelectionError(f"clean_veto leaves {len(rest)} candidates for a clean set of {n_clean}; "
+                                      f"lower clean_veto or k_cT")
     if labels is None:
         return poison, rest[len(rest) - n_clean:].flip(0).clone()
     classes, counts = torch.unique(labels, return_counts=True)
