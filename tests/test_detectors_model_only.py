@@ -310,6 +310,18 @@ def test_flare_tries_every_layer_range():
     assert not (np.array_equal(lab, poison) or np.array_equal(~lab, poison))
 
 
+def test_flare_suspects_the_smaller_cluster_even_when_it_is_the_looser_one():
+    """A planted group that varies more than the clean majority (the BadNets case where the old 'tighter
+    cluster' rule chose the clean side and ranked the group last)."""
+    rng = np.random.RandomState(1)
+    poison = np.zeros(1000, dtype=bool)
+    poison[:150] = True
+    rep = rng.normal(0, 0.3, (1000, 4))
+    rep[poison] = 8.0 + rng.normal(0, 1.0, (150, 4))
+    res = flare_split(rep, seed=0)
+    assert np.array_equal(res.suspect, poison) and auroc(poison, res.score) == 1.0
+
+
 # ------------------------------------------------------------------------------------------------
 # a model without batch norm: one line naming the detectors that fit
 
