@@ -37,6 +37,9 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
+
+from burn_plugin.report.detectors import detector_matrix, detector_table, fmt, read_results
 
 
 def parse_args(argv):
@@ -128,6 +131,24 @@ def boundary_variants(rec, data, cfg, poison, n: int, sdf_max_iter: int, device:
     return rows
 
 
+HERE = Path(__file__).resolve().parent
+
+
+def _commit() -> str | None:
+    """The checkout's commit (with ``+changes`` when the tree differs from it), so that a table can say
+    which code measured a row; None outside a git checkout."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return rev + ("+changes" if dirty else "")
+
+
 def measure_record(folder, args, cfg, names) -> dict:
     from burn_plugin.bench.records import load_record
     from burn_plugin.core import burn as core
@@ -160,7 +181,8 @@ def measure_record(folder, args, cfg, names) -> dict:
     k = count_of(cfg.k_p0, len(poison), "k_p0")
     out = {"record": str(rec.folder), "n_train": len(poison), "n_poison": int(poison.sum()),
            "detection_model": cfg.detection_model, "detection_model_seconds": detection_s,
-           "boundary_seconds": boundary_s, "features_seconds": features_s, "k_p0_samples": k, "detectors": []}
+           "boundary_seconds": boundary_s, "features_seconds": features_s, "k_p0_samples": k, "commit": _commit(),
+           "detectors": []}
     print(f"  boundary analysis {boundary_s:.0f} s (0 s when cached), penultimate features {features_s:.1f} s; "
           f"phase 1 relabels the top {k}", flush=True)
     for name in names:
@@ -244,61 +266,6 @@ def attach_runs(result: dict, cfg) -> list[str]:
     return lines
 
 
-def fmt(v) -> str:
-    return "  -  " if v is None else f"{v:.3f}"
-
-
-def record_name(result: dict) -> str:
-    """The record's folder name, as the tables print it."""
-    return result["record"].rstrip("/").split("/")[-1]
-
-
-def markdown(results: list[dict]) -> str:
-    lines = ["| record | detector | AUROC (all / flipped) | phase-1 precision (all / flipped) | ACC / ASR / RA after BURN "
-             "| BURN s | detector s |", "|---|---|---|---|---|---|---|"]
-
-    def seconds(v, boundary=None):
-        """Wall seconds, and the boundary analysis's share where it ran (not read from the cache)."""
-        if v is None:
-            return "-"
-        return f"{v:,.0f}" + (f" ({boundary:,.0f} boundary)" if boundary and boundary >= 1 else "")
-
-    def pct(m):
-        return " / ".join(f"{100 * m[k]:.2f}" for k in ("test_acc", "test_asr", "test_ra")) if m else "-"
-    for r in results:
-        name = record_name(r) + ("" if r.get("detection_model", "infected") == "infected"
-                                 else f" ({r['detection_model']} detection model)")
-        if r.get("before"):
-            lines.append(f"| {name} | no defense | | | {pct(r['before'])} | | |")
-        for d in r["detectors"]:
-            lines.append(f"| {name} | {d['detector']} | {fmt(d['auroc_poison'])} / {fmt(d['auroc_flipped'])} | "
-                         f"{fmt(d['phase1_precision'])} / "
-                         # older --json files wrote 0 where the record has no label-flipped poison
-                         f"{fmt(d['phase1_precision_flipped'] if d['auroc_flipped'] is not None else None)} | "
-                         f"{pct(d.get('after'))} | "
-                         f"{seconds(d.get('defend_seconds'), d.get('defend_boundary_seconds'))} | "
-                         f"{d['seconds'] + (r['features_seconds'] if d['uses_features'] else 0):.1f} |")
-        if r.get("oracle"):
-            lines.append(f"| {name} | oracle (diagnostic) | 1 / 1 | 1 / - | {pct(r['oracle'].get('after'))} | "
-                         f"{seconds(r['oracle'].get('defend_seconds'), r['oracle'].get('defend_boundary_seconds'))} | |")
-    trained = [f"{record_name(r)} {r['detection_model']} {r['detection_model_seconds']:,.0f} s" for r in results
-               if r.get("detection_model", "infected") != "infected"]
-    if trained:
-        lines += ["", "Detection model training (read by the boundary analysis and every detector): "
-                  + ", ".join(trained) + "."]
-    boundary = [f"{record_name(r)} {r['boundary_seconds']:,.0f} s" for r in results
-                if r.get("boundary_seconds", 0) >= 1]
-    if boundary:
-        lines += ["", "Boundary analysis for the detectors (not read from the cache): " + ", ".join(boundary) + "."]
-    variants = [(record_name(r), v) for r in results for v in r.get("boundary_variants", [])]
-    if variants:
-        lines += ["", "| record | boundary analysis | samples | AUROC of l(x) | not converged | s / 1000 images |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {name} | {v['variant']} | {v['samples']} | {v['auroc_poison']:.3f} | {v['not_converged']} | "
-                  f"{v['seconds_per_1000']:.1f} |" for name, v in variants]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from burn_plugin.bench.records import require_record_argument
@@ -311,18 +278,7 @@ def main(argv=None) -> int:
     values = {k.strip(): v.strip() for k, v in (item.partition("=")[::2] for item in args.set)}
     cfg = BurnConfig.from_mapping(values, source="--set")
     if args.from_json:
-        results = []
-        for path in args.from_json:
-            try:
-                with open(path) as f:
-                    loaded = json.load(f)
-                if not (isinstance(loaded, list) and all(isinstance(r, dict) and "detectors" in r for r in loaded)):
-                    raise ValueError("not a list of records with their detectors")
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"--from-json {path}: cannot read it as this script's --json output ({exc}); "
-                                  f"give a file written by --json") from None
-            results += loaded
-        return _write_tables(results, args, cfg)
+        return _write_tables(read_results(args.from_json), args, cfg)
     records = [require_record_argument(r) for r in (args.record or [None])]
     names = [n.strip() for n in args.detectors.split(",")] if args.detectors else list_detectors()
     unknown = [n for n in names if n not in list_detectors()]
@@ -339,7 +295,7 @@ def _write_tables(results: list[dict], args, cfg) -> int:
     if args.runs:
         for r in results:
             print(f"{r['record']}: BURN runs read", *attach_runs(r, cfg), sep="\n  ")
-    table = markdown(results)
+    table = detector_matrix(results) + "\n" + detector_table(results)
     print("\n" + table)
     if args.markdown:
         with open(args.markdown, "w") as f:

@@ -51,3 +51,32 @@ def test_the_readme_is_a_front_door():
     first_screen = "\n".join(lines[:60])
     assert "burn demo" in first_screen and "python -m pytest -q" in first_screen
     assert "burn register" in first_screen and "defense/burn.py" in first_screen
+
+
+def test_a_changed_detector_number_is_caught(capsys, tmp_path):
+    import json
+
+    res = tmp_path / "results"
+    shutil.copytree(RESULTS, res)
+    path = res / "detectors_20k" / "badnet_infected.json"
+    data = json.loads(path.read_text())
+    scan = next(d for d in data[0]["detectors"] if d["detector"] == "scan")
+    scan["auroc_poison"] = 0.4321
+    path.write_text(json.dumps(data))
+    rc, _, err = run(capsys, "results", "--check", "--results-dir", res, "--no-readme")
+    assert rc == 1 and str(res / "detectors_20k" / "detectors.md") in err
+    assert run(capsys, "results", "--results-dir", res, "--no-readme", "--no-plots")[0] == 0
+    assert "| scan | 0.432 / " in (res / "detectors_20k" / "detectors.md").read_text()
+
+
+def test_detector_matrix_marks_each_models_best():
+    from burn_plugin.report.detectors import detector_matrix
+
+    def rec(model, aurocs):
+        return {"record": "/x/rec/badnet", "n_train": 100, "n_poison": 10, "detection_model": model,
+                "detection_model_seconds": 3.0, "detectors": [
+                    {"detector": d, "auroc_poison": a, "auroc_flipped": None, "phase1_precision": 0.5} for d, a in aurocs]}
+    text = detector_matrix([rec("sam", [("scan", 0.9), ("flare", 0.95)]), rec("infected", [("scan", 0.99), ("flare", 0.1)])])
+    assert "| detector | infected | sam |" in text                       # the paper's model first
+    assert "| scan | **0.990** /   -   (0.500) | 0.900 /   -   (0.500) |" in text
+    assert "| flare | 0.100 /   -   (0.500) | **0.950** /   -   (0.500) |" in text

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import BadInputError
+from .detectors import detectors_page
 
 #: the defenses of the main table, in order: (name in comparison.csv, column heading)
 MAIN = (("no_defense", "No defense"), ("ft", "FT"), ("ulrl", "ULRL"), ("burn[box-aware]", "BURN"),
@@ -33,6 +34,11 @@ DETECTORS = (("burn[box-aware]", "l(x) (paper)"), ("burn[spectral, box-aware]", 
              ("burn[scan, box-aware]", "SCAn"), ("burn[combined, box-aware]", "combined"))
 #: "the backdoor is removed": ASR at most this (%), and ACC at most this many points below no defense
 REMOVED_ASR, KEPT_ACC = 5.0, 2.0
+#: folders of ``benchmarks/detectors.py --json`` files, each rendered into its ``detectors.md``
+DETECTOR_PAGES = {
+    "detection_models": "Detectors read from each detection model: three small records (3,000 training images)",
+    "detectors_20k": "Detectors read from each detection model: records of 20,000 training images",
+}
 FIGURE = "summary"
 
 
@@ -128,7 +134,7 @@ def verdict(df: pd.DataFrame) -> str:
             f"ACC within {KEPT_ACC:g} points of no defense) on {said('burn[box-aware]')} records{closest}; with another "
             f"poison detector on at most {max(best.values())} of {n}. With clean data, FT (5%) does on "
             f"{said('ft')}, ULRL (1%) on {said('ulrl')}. Detection is where BURN fails: "
-            f"[detectors](docs/results/detectors.md).\n")
+            f"[detectors](docs/results/detectors_20k/detectors.md).\n")
 
 
 def _data_used(df: pd.DataFrame, columns) -> str:
@@ -154,8 +160,7 @@ def comparison_page(df: pd.DataFrame, source: str) -> str:
         "## Defenses\n\n" + cell_table(df, MAIN) + "\nData each defense used:\n\n" + _data_used(df, MAIN)
         + "\n## BURN with each poison detector (`--detector`)\n\n" + cell_table(df, DETECTORS)
         + "\nThe wide table for machines: `burn compare --out DIR` writes `comparison.csv`; per-detector AUROC "
-          "and phase-1 precision: [detectors.md](detectors.md); the paper's Table 1 over these records: "
-          "[detection.md](detection.md).\n")
+          "and phase-1 precision, read from each detection model: [detectors_20k/detectors.md](detectors_20k/detectors.md).\n")
 
 
 def index_page(df: pd.DataFrame) -> str:
@@ -169,15 +174,12 @@ def index_page(df: pd.DataFrame) -> str:
         "| [comparison.md](comparison.md) | every defense on every record, ACC / ASR / RA | `burn results` from `comparison.csv` |\n"
         "| `comparison.csv` | the same, one row per record x defense (for machines) | `burn compare` |\n"
         f"| `{FIGURE}.png` | the figure above | `burn results` from `comparison.csv` |\n"
-        "| [detection.md](detection.md) | BURN's detection per record (the paper's Table 1) | `burn compare` |\n"
-        "| [detectors.md](detectors.md) | each poison detector's AUROC and phase-1 precision, and BURN with it | "
-        "`benchmarks/detectors.py --runs --markdown` |\n"
-        "| `radar_by_defense.png`, `roc_by_attack.png` | the paper's Fig. 4 and Fig. 5 over these records | `burn compare` |\n"
-        "| `earlier/` | the first two records' tables, kept for reference | `burn compare` |\n"
+        "| [detectors_20k/detectors.md](detectors_20k/detectors.md) | each poison detector's AUROC and phase-1 "
+        "precision, read from each detection model, on records of 20,000 training images (the JSON beside it) | "
+        "`benchmarks/detectors.py --json`, then `burn results` |\n"
         "| [detection_models/detectors.md](detection_models/detectors.md) | every detector read from each detection "
         "model (`detection_model`: infected, sgd, sam, sam_scratch) on three small records (3,000 training images; "
-        "the JSON beside it) | `benchmarks/detectors.py --set detection_model=... --json`, then `--from-json "
-        "--markdown` |\n\n"
+        "the JSON beside it) | `benchmarks/detectors.py --set detection_model=... --json`, then `burn results` |\n\n"
         "`burn results --check` (run by the test suite) fails when a page rendered here differs from its data.\n")
 
 
@@ -254,6 +256,8 @@ def render_pages(results_dir: str | os.PathLike, readme: str | os.PathLike | Non
     df = read_comparison(results_dir / "comparison.csv")
     pages = [Page(results_dir / "comparison.md", comparison_page(df, "comparison.csv")),
              Page(results_dir / "index.md", index_page(df))]
+    pages += [Page(results_dir / sub / "detectors.md", detectors_page(results_dir / sub, title))
+              for sub, title in DETECTOR_PAGES.items() if (results_dir / sub).is_dir()]
     if readme is not None:
         readme = Path(readme)
         rel = os.path.relpath(results_dir / "comparison.csv", readme.parent)
