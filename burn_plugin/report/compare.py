@@ -107,7 +107,7 @@ def find_defense_folders(attack_folder: Path) -> list[Path]:
 def table_name(folder_name: str, run: dict, taken: set) -> str:
     """A defense's name in the table: its folder's, or for BURN run with other than the paper's ranking,
     boundary analysis and clean set (``run.json`` says which) the method with those settings, e.g.
-    ``burn[spectral]``, ``burn[scan, per_label]``, ``burn[spectral, clean by boundary]``, ``burn[box-aware]``
+    ``burn[spectral]``, ``burn[scan, per_label]``, ``burn[spectral, clean by boundary]``, ``burn[scan, veto 20%]``, ``burn[box-aware]``
     (the box-aware DeepFool step instead of the paper's clip after each step), so that one configuration has
     one name on every attack (the folder name is kept when two folders of one attack would share a name).
     ULRL trained on BURN's selection instead of clean data is ``ulrl[on burn]`` (``[on burn, balanced]``),
@@ -130,6 +130,8 @@ def table_name(folder_name: str, run: dict, taken: set) -> str:
         parts.append("per_label")
     if config.get("clean_ranking", "detector") == "boundary" and feature_detector:
         parts.append("clean by boundary")
+    if config.get("clean_veto", 0):
+        parts.append(f"veto {config['clean_veto']:g}%")
     if not parts:
         return folder_name
     label = f"{run.get('method') or folder_name}[{', '.join(parts)}]"
