@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .errors import BadInputError, run_reporting_errors
-from .settings import SUBCOMMANDS, OneLineErrorParser, flag, subcommand
+from .settings import SUBCOMMANDS, OneLineErrorParser, add_settings_flags, flag, settings_from_flags, subcommand
 
 
 # ------------------------------------------------------------------------------------------------
@@ -23,13 +23,8 @@ from .settings import SUBCOMMANDS, OneLineErrorParser, flag, subcommand
 def cmd_attack(args) -> int:
     from .bench.attacks import AttackSettings, attack_params, run_attack
 
-    settings = AttackSettings(attack=args.attack, dataset=args.dataset, model=args.model, pratio=args.pratio,
-                              attack_target=args.target, attack_label_trans=args.attack_label_trans,
-                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                              random_seed=args.random_seed, device=args.device, blend_alpha=args.blend_alpha,
-                              trigger_image=args.trigger_image, dataset_path=args.dataset_path,
-                              ram_mode=args.ram_mode, train_subset=args.train_subset, test_subset=args.test_subset,
-                              extra={k: getattr(args, k) for k in attack_params() if hasattr(args, k)})
+    settings = settings_from_flags(AttackSettings, args,
+                                   extra={k: getattr(args, k) for k in attack_params() if hasattr(args, k)})
     out = Path(args.out) if args.out else Path("record") / f"{args.attack}_{args.dataset}_{args.model}"
     final = run_attack(settings, out, overwrite=args.overwrite, clean_reference=args.clean_reference,
                        progress=not args.quiet)
@@ -46,35 +41,10 @@ def cmd_attack(args) -> int:
 
 
 def _configure_attack(p):
-    from .bench.attacks import attack_params, list_attacks
+    from .bench.attacks import AttackSettings, attack_params
     from .bench.attacks.base import describe_defaults
-    from .bench.datasets import list_datasets
 
-    p.add_argument("--attack", default="badnet", help=f"attack: {', '.join(list_attacks())} (default badnet)")
-    p.add_argument("--dataset", default="fashionmnist", help=f"{', '.join(list_datasets())} (default fashionmnist)")
-    p.add_argument("--model", default="smallresnet", help="model name from the zoo (default smallresnet; "
-                   "`burn info --models` lists them)")
-    p.add_argument("--pratio", type=float, default=0.1, help="share of training samples poisoned (default 0.1)")
-    p.add_argument("--target", "--attack_target", dest="target", type=int, default=0,
-                   help="target class for all2one (default 0)")
-    flag(p, "attack_label_trans", default="all2one", choices=["all2one", "all2all"],
-         help="all2one: every poisoned sample -> target; all2all: y -> (y+1) mod K")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="training epochs (default: the dataset's, BackdoorBench's prototype value; 5 for fashionmnist/mnist)")
-    flag(p, "batch_size", type=int, default=128, help="training batch size (default 128, BackdoorBench's)")
-    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate, cosine schedule (default 0.01)")
-    flag(p, "random_seed", type=int, default=0, help="seed for poison indices and training (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ... (default cpu)")
-    flag(p, "blend_alpha", type=float, default=0.2, help="Blended: blend ratio (default 0.2)")
-    flag(p, "trigger_image", default=None, help="image file for the trigger (Blended pattern or BadNets patch "
-         "mask); default: Blended uses seeded noise, BadNets a 3x3 white corner square")
-    flag(p, "dataset_path", default=None, help="folder holding <dataset>/ (BackdoorBench's ./data); "
-         "fashionmnist is also found in /usr/share/datasets/fashion-mnist")
-    flag(p, "ram_mode", action="store_true", help="keep poisoned images inside attack_result.pt (BackdoorBench's "
-         "RAM mode; such records need --trust-record to load) instead of PNG files")
-    flag(p, "train_subset", type=int, default=None, help="train on this many training samples drawn with the seed "
-         "(kept in the record as BackdoorBench keeps subsets); default: all")
-    flag(p, "test_subset", type=int, default=None, help="keep this many poisoned test samples in bd_test; default: all")
+    add_settings_flags(p, AttackSettings)
     p.add_argument("--out", default=None, help="record folder to write (default record/<attack>_<dataset>_<model>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing record in --out")
     flag(p, "clean_reference", action="store_true",

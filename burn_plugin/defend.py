@@ -1,8 +1,9 @@
 """Run a defense on an attack record and write BackdoorBench-style results.
 
-``defend(attack_folder, ...)`` loads the record with the plugin's own loader, runs BURN (or another
-registered method), evaluates ACC/ASR/RA before and after exactly as BackdoorBench does, and writes
-into ``<attack_folder>/defense/<method>/``:
+``defend(attack_folder, ...)`` loads the record with the plugin's own loader, runs a registered defense
+(:mod:`burn_plugin.defenses`; this module knows none by name, it calls the hooks of its spec), evaluates
+ACC/ASR/RA before and after exactly as BackdoorBench does, and writes into
+``<attack_folder>/defense/<method>/`` (or the folder the spec's ``output_name`` names):
 
 - ``defense_result.pt``: exactly ``{model_name, num_classes, model}`` (BackdoorBench's keys);
 - ``<method>_df.csv``: one row per round (``epoch`` = round) with BackdoorBench's metric columns;
@@ -10,13 +11,13 @@ into ``<attack_folder>/defense/<method>/``:
 - ``detection_info.csv``: BackdoorBench's detection format (all poison / label-flipped poison);
 - ``scores.npz``: l(x), adversarial labels, BD, PD, S and the selections, for plots;
 - ``run.json``: config, versions, device, seed, timings, metrics, detection report;
-- ``log/<timestamp>.log``; and, for BURN, ROC / distance-histogram / per-round plots (PNG and PDF).
+- ``log/<timestamp>.log``; and the plots its files allow (ROC, distance histogram, per-round curves).
 
 Every file is written atomically, ``defense_result.pt`` last, so its presence marks a finished run.
 An existing result is never replaced unless ``overwrite``.
 
 Started by ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1), a defense whose spec says
-``distributed`` (BURN) joins the process group (``gloo`` on CPU, ``nccl`` on CUDA, each process on
+``distributed`` joins the process group (``gloo`` on CPU, ``nccl`` on CUDA, each process on
 ``cuda:LOCAL_RANK``) and splits its per-sample passes over the ranks; rank 0 alone writes files, logs
 and progress bars. Every rank checks the input first, so a bad input stops all of them before any work.
 """
@@ -37,6 +38,7 @@ import torch
 from .bench.metrics import METRIC_COLUMNS, as_metric_row, evaluate, summarize
 from .bench.records import AttackRecord, load_record
 from .core.tensors import PixelSpaceModel
+from .defenses import all_defenses, get_defense
 from .errors import (RENDEZVOUS_TIMEOUT_VAR, BurnError, ConfigError, OutputExistsError, OutputNotWritableError,
                      RankFailedError, stray_torchrun_variables, torchrun_env, torchrun_world)
 from .fileio import (FileCheckpoint, finish_run, folder_lock, save_csv, save_json, save_torch, start_run,
@@ -46,8 +48,6 @@ log = logging.getLogger("burn")
 
 def config_class(method: str) -> type:
     """The settings class of defense ``method`` (:mod:`burn_plugin.defenses`)."""
-    from .defenses import get_defense
-
     return get_defense(method).config_class
 
 
@@ -86,11 +86,11 @@ def process_group(device: str, method: str):
     import torch.distributed as dist
 
     from .core.distributed import join_process_group
-    from .defenses import get_defense
 
     if not get_defense(method).distributed:
+        which = ", ".join(d.display for d in all_defenses() if d.distributed)
         raise ConfigError(f"--method {method} runs in one process; start it with `burn defend`, not torchrun "
-                          f"(only BURN splits its work over processes)")
+                          f"(only {which} splits its work over processes)")
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
     started_here = not dist.is_initialized()
@@ -182,17 +182,8 @@ def refuse_finished(out: Path, method: str, overwrite: bool) -> None:
 
 
 def default_output_name(method: str, config) -> str:
-    """``<record>/defense/<this>/``: the method's name, plus ``_<detector>`` when BURN ranks with another
-    detector than the paper's and ``_<detection_model>`` when it reads another detection model than the
-    infected one, so that such runs sit side by side."""
-    parts = [method]
-    detector = getattr(config, "detector", "boundary")
-    if detector != "boundary":
-        parts.append(detector)
-    detection_model = getattr(config, "detection_model", "infected")
-    if detection_model != "infected":
-        parts.append(detection_model)
-    return "_".join(parts)
+    """``<record>/defense/<this>/``: the defense's ``output_name`` hook's choice for ``config``, else its name."""
+    return get_defense(method).folder_name(config)
 
 
 #: files that mark a folder as a defense result (a finished or an interrupted run)
@@ -235,11 +226,9 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
     model = record.build_model(model_name)
     out = prepare_output(record, method, output_dir, overwrite, resume, config)
     if resume:
-        _check_checkpoint(out, config)
+        _check_checkpoint(out, method, config)
     with process_group(device, method):
         if not is_main_rank():
-            from .defenses import get_defense
-
             get_defense(method).run(record=record, model=model, config=config, device=device, evaluator=None,
                                     out=out, resume=resume, progress=False, extra=extra or {})
             return None
@@ -266,8 +255,6 @@ def _defend_main(record, model, method, config, device, out, model_name, resume,
         spec = record.spec
         before = evaluator(PixelSpaceModel(model, spec.mean3, spec.std3).to(device))
         log.info("before: %s", json.dumps(before))
-        from .defenses import get_defense
-
         outcome = get_defense(method).run(record=record, model=model, config=config, device=device, evaluator=evaluator,
                                    out=out, resume=resume, progress=progress, extra=extra or {})
         final_model = outcome["model"].cpu()
@@ -308,15 +295,13 @@ def _defend_main(record, model, method, config, device, out, model_name, resume,
         handler.close()
 
 
-def _check_checkpoint(out: Path, config) -> None:
-    """``--resume``: a checkpoint that is unreadable or was made with other settings is reported now,
-    before any work (``run_burn`` checks the model and data again when it starts)."""
-    from .core.burn import check_resumable
-    from .core.config import BurnConfig
-
+def _check_checkpoint(out: Path, method: str, config) -> None:
+    """``--resume``: a checkpoint that is unreadable, or that the defense's ``check_resume`` hook refuses
+    (made with other settings), is reported now, before any work."""
     saved = FileCheckpoint(out / "checkpoint").load()
-    if saved is not None and isinstance(config, BurnConfig):
-        check_resumable(saved, config, saved.get("run_key", ""))
+    check = get_defense(method).check_resume
+    if saved is not None and check is not None:
+        check(saved, config)
 
 
 def print_summary(summary: dict) -> None:
@@ -327,23 +312,9 @@ def print_summary(summary: dict) -> None:
     print(f"{summary['method']} on {summary['record']}")
     print(f"  before: {fmt(b)}")
     print(f"  after:  {fmt(a)}")
-    det = summary.get("detection")
-    if det:
-        def f(v):
-            return "n/a" if v is None else f"{v:.4f}"
-        print(f"  detection: AUROC l(x) {f(det['auroc_distance_poison'])} (label-flipped {f(det['auroc_distance_flipped'])}), "
-              f"AUROC S {f(det['auroc_score_poison'])}")
-        if det.get("detector", "boundary") != "boundary":
-            print(f"  detector {det['detector']}: AUROC {f(det.get('auroc_detector_poison'))} (label-flipped "
-                  f"{f(det.get('auroc_detector_flipped'))})")
-        last = det["rounds"][-1] if det["rounds"] else None
-        if last:
-            ps = last["poison_set"]
-            print(f"  final poison set: precision {f(ps['precision'])} recall {f(ps['recall'])}, restored-label "
-                  f"accuracy {f(last['restored_label_accuracy'])}; clean set purity {f(last['clean_set_purity'])}")
-        print(f"  observations: mean l clean {f(det['mean_distance_clean'])} vs poison {f(det['mean_distance_poison'])}; "
-              f"adv label = true label for {f(det['poison_adv_label_is_true_label'])} of flipped poison; "
-              f"clean adv-label entropy {f(det.get('clean_adv_label_entropy_ratio'))} of max")
+    lines = get_defense(summary["method"]).summary_lines
+    for line in lines(summary) if lines else ():
+        print(line)
     t = summary.get("timings", {})
     if t:
         print("  time: " + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in t.items()) + f", total {summary['wall_seconds']:.0f}s")

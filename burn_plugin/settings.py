@@ -11,7 +11,9 @@ as ignored in ``run.json``; any other unknown key is an error naming it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -186,8 +188,6 @@ def flag(parser, name: str, *short: str, **kwargs):
 def add_algorithm_flags(parser: argparse.ArgumentParser, config_classes=(BurnConfig,)) -> None:
     """One flag per config key (each name once across ``config_classes``), defaulting to SUPPRESS so
     that only flags the user gives override the YAML."""
-    import dataclasses
-
     if isinstance(config_classes, type):
         config_classes = (config_classes,)
     seen: set[str] = set()
@@ -214,6 +214,32 @@ def add_algorithm_flags(parser: argparse.ArgumentParser, config_classes=(BurnCon
                 kwargs["metavar"] = "{" + ",".join(choices) + "}"
             what = getattr(config_cls, "_HELP", {}).get(f.name)
             flag(group, f.name, help=f"{what}; default {default!r}" if what else f"default {default!r}", **kwargs)
+
+
+def flag_fields(settings_cls) -> list:
+    """The fields of dataclass ``settings_cls`` that are flags: those with a help text (``help_of``)."""
+    return [f for f in dataclasses.fields(settings_cls) if settings_cls.help_of(f.name)]
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, settings_cls) -> None:
+    """One flag per :func:`flag_fields` field of ``settings_cls``, as :func:`add_algorithm_flags` but with the
+    field's own default (no YAML comes between; the help says it unless it is None, where the help tells what
+    applies), its ``_CHOICES`` and extra spellings ``_ALIASES``; a bool is a switch (off by default)."""
+    hints = typing.get_type_hints(settings_cls)
+    for f in flag_fields(settings_cls):
+        typ = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+        what = settings_cls.help_of(f.name)
+        kwargs: dict = {"default": f.default, "help": what if f.default is None or typ is bool else
+                        f"{what} (default {f.default})"}
+        kwargs.update({"action": "store_true"} if typ is bool else {"type": typ})
+        if f.name in getattr(settings_cls, "_CHOICES", {}):
+            kwargs["choices"] = list(settings_cls._CHOICES[f.name])
+        flag(parser, f.name, *getattr(settings_cls, "_ALIASES", {}).get(f.name, ()), **kwargs)
+
+
+def settings_from_flags(settings_cls, args: argparse.Namespace, **more):
+    """``settings_cls`` from the flags :func:`add_settings_flags` added (and ``more``)."""
+    return settings_cls(**{f.name: getattr(args, f.name) for f in flag_fields(settings_cls)}, **more)
 
 
 def _bool(s: str) -> bool:

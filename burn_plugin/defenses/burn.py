@@ -20,8 +20,57 @@ from .registry import defense
 log = logging.getLogger("burn")
 
 
+def output_name(config) -> str:
+    """``burn``, plus ``_<detector>`` when BURN ranks with another detector than the paper's and
+    ``_<detection_model>`` when it reads another detection model than the infected one, so that such runs
+    sit side by side."""
+    parts = ["burn"]
+    detector = getattr(config, "detector", "boundary")
+    if detector != "boundary":
+        parts.append(detector)
+    detection_model = getattr(config, "detection_model", "infected")
+    if detection_model != "infected":
+        parts.append(detection_model)
+    return "_".join(parts)
+
+
+def check_resume(saved: dict, config) -> None:
+    """``--resume``: a checkpoint made with other settings is reported before any work (``run_burn``
+    checks the model and data again when it starts)."""
+    from ..core.burn import check_resumable
+
+    if isinstance(config, BurnConfig):
+        check_resumable(saved, config, saved.get("run_key", ""))
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """The detection quality, for ``burn defend``'s printout."""
+    det = summary.get("detection")
+    if not det:
+        return []
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.4f}"
+    lines = [f"  detection: AUROC l(x) {f(det['auroc_distance_poison'])} (label-flipped "
+             f"{f(det['auroc_distance_flipped'])}), AUROC S {f(det['auroc_score_poison'])}"]
+    if det.get("detector", "boundary") != "boundary":
+        lines.append(f"  detector {det['detector']}: AUROC {f(det.get('auroc_detector_poison'))} (label-flipped "
+                     f"{f(det.get('auroc_detector_flipped'))})")
+    last = det["rounds"][-1] if det["rounds"] else None
+    if last:
+        ps = last["poison_set"]
+        lines.append(f"  final poison set: precision {f(ps['precision'])} recall {f(ps['recall'])}, restored-label "
+                     f"accuracy {f(last['restored_label_accuracy'])}; clean set purity {f(last['clean_set_purity'])}")
+    lines.append(f"  observations: mean l clean {f(det['mean_distance_clean'])} vs poison "
+                 f"{f(det['mean_distance_poison'])}; adv label = true label for "
+                 f"{f(det['poison_adv_label_is_true_label'])} of flipped poison; clean adv-label entropy "
+                 f"{f(det.get('clean_adv_label_entropy_ratio'))} of max")
+    return lines
+
+
 @defense("burn", BurnConfig, label="BURN", uses_clean_data=False, distributed=True,
-         fast=("--rounds", "5", "--epochs", "2", "--candidates", "3", "--candidate_mode", "adaptive"))
+         fast=("--rounds", "5", "--epochs", "2", "--candidates", "3", "--candidate_mode", "adaptive"),
+         output_name=output_name, check_resume=check_resume, summary_lines=summary_lines)
 def run(*, record: AttackRecord, model, config, device, evaluator, out: Path, resume: bool, progress: bool,
           extra: dict) -> dict:
     from ..core.burn import BurnData, run_burn

@@ -23,10 +23,17 @@ class DefenseSpec:
     distributed: bool = False         # splits its work over torchrun's processes (else refuses torchrun)
     #: folder of its YAMLs (``config.yaml``, ``<dataset>.yaml``); None: the packaged ``bb_configs/<name>/``
     yaml_dir: str | None = None
+    # hooks the generic runner (defend.py) calls, None for the generic behaviour:
+    output_name: Callable | None = field(default=None, repr=False)    # (config) -> <record>/defense/<this>/; None: name
+    check_resume: Callable | None = field(default=None, repr=False)   # (saved checkpoint, config): raise if it differs
+    summary_lines: Callable | None = field(default=None, repr=False)  # (summary) -> lines printed after the metrics
 
     @property
     def display(self) -> str:
         return self.label or self.name
+
+    def folder_name(self, config) -> str:
+        return self.output_name(config) if self.output_name else self.name
 
 
 DEFENSES: Registry[DefenseSpec] = Registry("defense method", order=lambda n: (n != "burn", n))  # BURN first

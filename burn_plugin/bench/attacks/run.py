@@ -23,7 +23,7 @@ from .. import datasets as D
 from ..metrics import as_metric_row, evaluate, summarize
 from ..models import build_model
 from ..records import SplitTensors, make_state, save_record, write_poisoned_split
-from .base import _subset, bd_label_fn, check_image, get_attack
+from .base import _subset, bd_label_fn, check_image, get_attack, list_attacks
 
 log = logging.getLogger("burn.attack")
 
@@ -53,6 +53,41 @@ class AttackSettings:
     test_subset: int | None = None
     eval_every_epoch: bool = True  # False: test metrics only after the last epoch (quick runs)
     extra: dict = field(default_factory=dict)
+
+    #: ``burn attack``'s flags (:func:`burn_plugin.settings.add_settings_flags`): field -> help, the default
+    #: added from the field; a field without a help text is set from Python only
+    _HELP = {
+        "model": "model name from the zoo; `burn info --models` lists them",
+        "pratio": "share of training samples poisoned",
+        "attack_target": "target class for all2one",
+        "attack_label_trans": "all2one: every poisoned sample -> target; all2all: y -> (y+1) mod K",
+        "epochs": "training epochs (default: the dataset's, BackdoorBench's prototype value; 5 for fashionmnist/mnist)",
+        "batch_size": "training batch size, BackdoorBench's",
+        "lr": "SGD learning rate, cosine schedule",
+        "random_seed": "seed for poison indices and training",
+        "device": "cpu, cuda, cuda:0 ...",
+        "blend_alpha": "Blended: blend ratio",
+        "trigger_image": "image file for the trigger (Blended pattern or BadNets patch mask); default: Blended uses "
+                         "seeded noise, BadNets a 3x3 white corner square",
+        "dataset_path": "folder holding <dataset>/ (BackdoorBench's ./data); fashionmnist is also found in "
+                        "/usr/share/datasets/fashion-mnist",
+        "ram_mode": "keep poisoned images inside attack_result.pt (BackdoorBench's RAM mode; such records need "
+                    "--trust-record to load) instead of PNG files",
+        "train_subset": "train on this many training samples drawn with the seed (kept in the record as BackdoorBench "
+                        "keeps subsets); default: all",
+        "test_subset": "keep this many poisoned test samples in bd_test; default: all",
+    }
+    _CHOICES = {"attack_label_trans": ("all2one", "all2all")}
+    _ALIASES = {"attack_target": ("--target",)}   # spellings besides --<field> and --<field-with-dashes>
+
+    @classmethod
+    def help_of(cls, key: str) -> str | None:
+        """The help text of flag ``key`` (None: no flag); the attacks and datasets as registered now."""
+        if key == "attack":
+            return f"attack: {', '.join(list_attacks())}"
+        if key == "dataset":
+            return ", ".join(D.list_datasets())
+        return cls._HELP.get(key)
 
     def validate(self) -> None:
         """Every number checked up front, before any file is read or written: ``pratio`` a share in (0, 1]
