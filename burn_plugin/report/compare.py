@@ -104,10 +104,14 @@ def find_defense_folders(attack_folder: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+#: BURN's schedule settings (paper section 5.2) that a table name shows where a run changed them
+_SCHEDULE = ("rounds", "k_p0", "k_pT", "k_c0", "k_cT", "w0", "wT", "epochs", "lr")
+
+
 def table_name(folder_name: str, run: dict, taken: set) -> str:
     """A defense's name in the table: its folder's, or for BURN run with other than the paper's ranking,
     boundary analysis and clean set (``run.json`` says which) the method with those settings, e.g.
-    ``burn[spectral]``, ``burn[scan, per_label]``, ``burn[spectral, clean by boundary]``, ``burn[scan, veto 20%]``, ``burn[box-aware]``
+    ``burn[spectral]``, ``burn[scan, per_label]``, ``burn[spectral, clean by boundary]``, ``burn[scan, veto 20%]``, ``burn[scan, k_pT 5]``, ``burn[box-aware]``
     (the box-aware DeepFool step instead of the paper's clip after each step), so that one configuration has
     one name on every attack (the folder name is kept when two folders of one attack would share a name).
     ULRL trained on BURN's selection instead of clean data is ``ulrl[on burn]`` (``[on burn, balanced]``),
@@ -132,6 +136,12 @@ def table_name(folder_name: str, run: dict, taken: set) -> str:
         parts.append("clean by boundary")
     if config.get("clean_veto", 0):
         parts.append(f"veto {config['clean_veto']:g}%")
+    if run.get("method") == "burn":   # the paper's schedule, named where a run changed it
+        from ..core.config import BurnConfig
+
+        paper = BurnConfig()
+        parts += [f"{k} {config[k]:g}" for k in _SCHEDULE
+                  if isinstance(config.get(k), (int, float)) and config[k] != getattr(paper, k)]
     if not parts:
         return folder_name
     label = f"{run.get('method') or folder_name}[{', '.join(parts)}]"

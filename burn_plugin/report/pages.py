@@ -34,6 +34,15 @@ DETECTORS = (("burn[box-aware]", "l(x) (paper)"), ("burn[spectral, box-aware]", 
              ("burn[scan, box-aware]", "SCAn"), ("burn[combined, box-aware]", "combined"))
 #: "the backdoor is removed": ASR at most this (%), and ACC at most this many points below no defense
 REMOVED_ASR, KEPT_ACC = 5.0, 2.0
+#: folders of another set of records' ``burn compare --out`` (``comparison.csv``), each rendered into its
+#: ``comparison.md``: (title, what the records are)
+ROUND_PAGES = {
+    "burn_20k": ("BURN on records of 20,000 training images",
+                 "Fashion-MNIST records of 20,000 training images (15 epochs, `smallresnet`, CPU) made by "
+                 "`burn attack --train_subset 20000 --epochs 15`: nine attacks with target 0 and poison ratio 0.1 "
+                 "(0.09 for the clean-label SIG and LC, which can poison only the target class), and records made "
+                 "again with another target, ratio and seed (the `_r` rows)"),
+}
 #: folders of ``benchmarks/detectors.py --json`` files, each rendered into its ``detectors.md``
 DETECTOR_PAGES = {
     "detection_models": "Detectors read from each detection model: three small records (3,000 training images)",
@@ -163,6 +172,24 @@ def comparison_page(df: pd.DataFrame, source: str) -> str:
           "and phase-1 precision, read from each detection model: [detectors_20k/detectors.md](detectors_20k/detectors.md).\n")
 
 
+def round_page(df: pd.DataFrame, title: str, what: str) -> str:
+    """Every defense of ``df`` as a column (in the order ``burn compare`` wrote them), one row per record,
+    and on which records each removed the backdoor."""
+    names = [d for d in dict.fromkeys(df["defense"])]
+    columns = [(d, "No defense" if d == "no_defense" else d) for d in names]
+    n = df["attack"].nunique()
+    removed = "\n".join(f"- `{d}`: {len(removed_on(df, d))} of {n}"
+                         + (f" ({', '.join(removed_on(df, d))})" if removed_on(df, d) else "")
+                         for d in names if d != "no_defense")
+    return (f"# {title}\n\n<!-- rendered by `burn results` from comparison.csv; do not edit by hand -->\n\n"
+            f"{what}. Each cell is ACC / ASR / RA in %; **bold**: the backdoor is removed (ASR <= {REMOVED_ASR:g}%, "
+            f"ACC within {KEPT_ACC:g} points of no defense). Written by `burn compare RECORDS --no-reevaluate "
+            "--metrics acc,asr,ra --out` this folder; a column's name says its settings where they differ from "
+            "the paper's (`burn[box-aware]` is the paper's loop with the box-aware DeepFool step).\n\n"
+            + cell_table(df, columns) + "\nRemoved on:\n\n" + removed + "\n\nData each defense used:\n\n"
+            + _data_used(df, columns))
+
+
 def index_page(df: pd.DataFrame) -> str:
     return (
         "# Results\n\n"
@@ -258,6 +285,9 @@ def render_pages(results_dir: str | os.PathLike, readme: str | os.PathLike | Non
              Page(results_dir / "index.md", index_page(df))]
     pages += [Page(results_dir / sub / "detectors.md", detectors_page(results_dir / sub, title))
               for sub, title in DETECTOR_PAGES.items() if (results_dir / sub).is_dir()]
+    pages += [Page(results_dir / sub / "comparison.md",
+                   round_page(read_comparison(results_dir / sub / "comparison.csv"), title, what))
+              for sub, (title, what) in ROUND_PAGES.items() if (results_dir / sub / "comparison.csv").is_file()]
     if readme is not None:
         readme = Path(readme)
         rel = os.path.relpath(results_dir / "comparison.csv", readme.parent)
