@@ -191,7 +191,8 @@ def measure_record(folder, args, cfg, names) -> dict:
                             boundary_distance=boundary.distance, adv_label=boundary.adv_label, device=args.device,
                             batch_size=cfg.boundary_batch_size, seed=cfg.random_seed,
                             features=features if DETECTORS[name].needs_features else None,
-                            reference_model=infected if model is not infected else None)
+                            reference_model=infected if model is not infected else None,
+                            side_rule=cfg.suspect_side)
         row = {"detector": name, "seconds": time.time() - t0,
                "uses_features": DETECTORS[name].needs_features,
                "auroc_poison": auroc(s, poison), "auroc_flipped": auroc(s, flipped),

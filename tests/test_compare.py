@@ -597,6 +597,8 @@ def test_burn_settings_name_the_run_alike_on_every_attack():
     assert table_name("r", {"method": "burn", "config": {**paper, "detector": "scan", "clean_veto": 20.0}},
                       set()) == "burn[scan, clean by boundary, veto 20%]"
     assert table_name("r", {"method": "burn", "config": {**paper, "clean_veto": 0.0}}, set()) == "r"
+    assert table_name("r", {"method": "burn", "config": {**paper, "detector": "scan", "suspect_side": "adv_entropy"}},
+                      set()) == "burn[scan, clean by boundary, adv-entropy side]"
     assert table_name("r", {"method": "burn", "config": {**paper, "k_pT": 5.0, "rounds": 20}}, set()) == "burn[k_pT 5]"
     ulrl = {"method": "ulrl", "config": {"clean_source": "burn"}}
     assert table_name("ulrl_on_burn", ulrl, set()) == "ulrl[on burn]"

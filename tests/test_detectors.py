@@ -20,6 +20,7 @@ from sklearn.metrics import roc_auc_score
 from burn_plugin.core.detectors import (DETECTORS, detector_scores, list_detectors, normalise_across_labels,
                                         penultimate_features, register_detector, robust_z_per_label,
                                         suspect_side, unit_rank)
+from burn_plugin.core.detectors import adv_entropy
 from burn_plugin.core.scores import boundary_score
 from burn_plugin.errors import ConfigError
 
@@ -190,6 +191,38 @@ def test_suspect_side_rule():
     # a single huge distance does not decide (ranks, not values)
     one = np.array([1.0, 2, 3, 4, 5, 6, 7, 1e9])
     assert suspect_side(~part, one)
+
+
+def test_adv_entropy_side_rule():
+    part = np.array([1] * 40 + [0] * 60, dtype=bool)
+    adv = np.where(part, np.arange(100) % 4, 1)          # the part crosses into 4 classes, the rest into 1
+    assert suspect_side(part, None, adv) and not suspect_side(~part, None, adv)
+    far = np.where(part, 0.0, 1.0)                        # l(x) says the other way; the entropy decides
+    assert suspect_side(part, far, adv)
+    # equal entropies: l(x) decides, then the size
+    same = np.zeros(100, dtype=int)
+    assert not suspect_side(part, far, same) and suspect_side(part, None, same)
+    # Miller-Madow: a part of 3 samples in 3 classes is not taken for more spread than 97 in 3 classes
+    assert adv_entropy(np.array([0, 1, 2])) > adv_entropy(np.array([0, 1, 2] * 32 + [0]))
+
+
+@pytest.mark.parametrize("share", [0.3, 0.7])
+@pytest.mark.parametrize("name", ["spectral", "activation_clustering", "scan"])
+def test_adv_entropy_side_survives_misleading_distances(name, share):
+    """The planted group lies *nearer* the boundary (as WaNet's poison did), and its adversarial labels spread
+    over the other classes while the clean part of the label crosses into one neighbour: the l(x) rule
+    picks the clean part, the adversarial-label rule the poison."""
+    x, y, l_strong, _, poison = planted(share)
+    misleading = torch.from_numpy(np.where(poison, 0.5, 1.5) + 0.1 * np.random.RandomState(1).rand(len(y)))
+    rng = np.random.RandomState(2)
+    adv = np.where(poison, rng.randint(1, K, len(y)), (y + 1) % K)
+    kw = dict(mean=MEAN, std=STD, boundary_distance=misleading, adv_label=torch.from_numpy(adv))
+    assert auroc(poison, detector_scores(name, tiny_model(), x, y, **kw)) < BAR   # the l(x) rule is misled
+    s = detector_scores(name, tiny_model(), x, y, side_rule="adv_entropy", **kw)
+    check_scores(s, len(y))
+    assert auroc(poison, s) >= BAR
+    with pytest.raises(ConfigError, match="adversarial labels"):
+        detector_scores(name, tiny_model(), x, y, mean=MEAN, std=STD, side_rule="adv_entropy")
 
 
 # ------------------------------------------------------------------------------------------------

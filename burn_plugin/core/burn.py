@@ -121,7 +121,7 @@ def poison_scores(frozen: nn.Module, data: BurnData, cfg: BurnConfig, boundary: 
     return detector_scores(cfg.detector, frozen, data.x, data.y, mean=data.mean, std=data.std,
                            boundary_distance=boundary.distance, adv_label=boundary.adv_label, device=device,
                            batch_size=cfg.boundary_batch_size, seed=cfg.random_seed,
-                           reference_model=reference)
+                           reference_model=reference, side_rule=cfg.suspect_side)
 
 
 #: offset of the detection model's shuffling/augmentation stream from the rounds' (seed * 1_000_003 + round)

@@ -66,6 +66,9 @@ the rest open; each open choice is a key here, with the default and its reason:
   training set by the detector's phase-1 score out of every phase-2 clean set, so that a clean set
   taken near the boundary (``clean_ranking: boundary``) and per label (``clean_selection: per_label``)
   cannot hold what the detector suspects, even where the detector's top is larger than k_p.
+- ``suspect_side = "boundary"``: the feature detectors (spectral, activation clustering, SCAn) split each
+  label in two and call the part with the larger l(x) suspect; ``"adv_entropy"`` calls suspect the part
+  whose adversarial labels spread over more classes (``core/detectors.py``, "Cluster choice").
 - ``detection_model = "infected"``: the boundary analysis and every detector look at the infected model
   itself (the paper). Another choice trains a separate *detection model* on the poisoned training set
   first and lets it do the looking, while the unlearning still repairs the infected model:
@@ -245,6 +248,7 @@ class BurnConfig(ConfigBase):
     clean_selection: str = "global"
     clean_ranking: str = "detector"
     clean_veto: float = 0.0
+    suspect_side: str = "boundary"
     pd_output: str = "softmax"
     # detection model (not in the paper; see module docstring)
     detection_model: str = "infected"
@@ -291,6 +295,8 @@ class BurnConfig(ConfigBase):
                          "detector) or boundary, l / l_max whatever the detector (the clean set nearest the boundary)",
         "clean_veto": "%% of the training set with the highest detector score (phase 1's ranking) never kept as "
                       "clean in phase 2 (0: no veto, the paper)",
+        "suspect_side": "how spectral, activation clustering and SCAn choose a label's suspect part: larger l(x) "
+                        "(boundary) or adversarial labels spread over more classes (adv_entropy)",
         "pd_output": "f in PD: softmax outputs or logits",
         "detection_model": "the model the boundary analysis and the detectors look at: the infected model (paper), or "
                            "a copy trained further on the poisoned training set with SGD (sgd, the control) or SAM "
@@ -328,7 +334,7 @@ class BurnConfig(ConfigBase):
                 "grad_mode": ("loop", "batched"),
                 "candidate_mode": ("fixed", "adaptive"), "boundary_method": ("deepfool", "superdeepfool"),
                 "pd_output": ("softmax", "logits"), "clean_selection": ("global", "per_label"),
-                "clean_ranking": ("detector", "boundary"),
+                "clean_ranking": ("detector", "boundary"), "suspect_side": ("boundary", "adv_entropy"),
                 "detection_model": ("infected", "sgd", "sam", "sam_scratch")}
 
     @classmethod

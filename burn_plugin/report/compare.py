@@ -39,11 +39,13 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import BadInputError, BurnError, CorruptFileError, RecordNotFoundError, ShapeMismatchError
+from ..bench.figures import plot_defense_folder
+from ..bench.runs import attack_dir, find_attack_folders, find_defense_folders, read_run_json
+from ..errors import BadInputError, BurnError, CorruptFileError, ShapeMismatchError
 from . import across
 from . import plots as P
-# NO_DEFENSE, display_name and read_run_json are also imported from here by the CLI, the sweep and tests
-from .runs import NO_DEFENSE, attack_dir, display_name, md_escape, order_defenses, read_run_json  # noqa: F401
+# NO_DEFENSE and display_name are also imported from here by tests
+from .runs import NO_DEFENSE, display_name, md_escape, order_defenses  # noqa: F401
 
 log = logging.getLogger("burn")
 
@@ -77,33 +79,6 @@ TIDY_COLUMNS = ["attack", "defense", "test_acc", "test_asr", "test_ra", "der", "
                 "baseline_source", "data_used", "model_name", "note", "folder"]
 
 
-# ------------------------------------------------------------------------------------------------
-# walking the record tree
-
-def find_attack_folders(root: str | os.PathLike) -> list[Path]:
-    """Attack folders under ``root`` (``root`` itself if it holds ``attack_result.pt``), sorted by name."""
-    root = Path(root)
-    if not root.is_dir():
-        raise RecordNotFoundError(f"record folder not found: {root} (give BackdoorBench's record/ folder, "
-                                  f"the one holding <attack>/attack_result.pt)")
-    if (root / "attack_result.pt").is_file():
-        return [root]
-    found = sorted(d for d in root.iterdir()
-                   if d.is_dir() and not d.name.startswith(".") and (d / "attack_result.pt").is_file())
-    if not found:
-        raise RecordNotFoundError(f"no attack folders under {root}: none of its sub-folders holds attack_result.pt "
-                                  f"(give BackdoorBench's record/ folder)")
-    return found
-
-
-def find_defense_folders(attack_folder: Path) -> list[Path]:
-    """``<attack>/defense/<name>/`` folders, names starting with ``.`` skipped, sorted by name."""
-    d = Path(attack_folder) / "defense"
-    if not d.is_dir():
-        return []
-    return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 #: BURN's schedule settings (paper section 5.2) that a table name shows where a run changed them
 _SCHEDULE = ("rounds", "k_p0", "k_pT", "k_c0", "k_cT", "w0", "wT", "epochs", "lr")
 
@@ -134,6 +109,8 @@ def table_name(folder_name: str, run: dict, taken: set) -> str:
         parts.append("per_label")
     if config.get("clean_ranking", "detector") == "boundary" and feature_detector:
         parts.append("clean by boundary")
+    if config.get("suspect_side", "boundary") == "adv_entropy" and feature_detector:
+        parts.append("adv-entropy side")
     if config.get("clean_veto", 0):
         parts.append(f"veto {config['clean_veto']:g}%")
     if run.get("method") == "burn":   # the paper's schedule, named where a run changed it
@@ -708,7 +685,7 @@ def write_comparison(df: pd.DataFrame, out_dir: str | os.PathLike, *, metrics=No
                 if not (ddir / "scores.npz").is_file():
                     continue
                 try:
-                    res = P.plot_defense_folder(ddir, out_dir=out, prefix=f"{_safe(r['attack'])}_{_safe(r['folder'])}_")
+                    res = plot_defense_folder(ddir, out_dir=out, prefix=f"{_safe(r['attack'])}_{_safe(r['folder'])}_")
                 except BurnError as exc:  # a broken scores.npz must not cost the other plots
                     log.warning("%s: no detection plots (%s)", ddir, exc)
                     continue
