@@ -278,6 +278,39 @@ cmd_demo.configure = _configure_demo
 
 
 # ------------------------------------------------------------------------------------------------
+# burn sweep: backdoorbench/ runs the defenses, report/ compares them; neither imports the other, this composes
+# them (registered by _load_plugins, after register and doctor)
+SWEEP_HELP = ("run BackdoorBench's own defenses (fp, nad, anp, i-bau, ft-sam, sau) and BURN on attack records "
+              "from a checkout, unmodified, then print the comparison table")
+
+
+def cmd_sweep(args) -> int:
+    """See :mod:`burn_plugin.backdoorbench.sweep`."""
+    from .backdoorbench.commands import sweep
+
+    return sweep(args, compare=lambda plan, progress: compare_sweep(plan, args, progress))
+
+
+def compare_sweep(plan, args, progress) -> tuple[str, Path]:
+    """``burn compare`` on ``<root>/record`` restricted to the swept attacks and defenses (those with a
+    folder); returns (the Markdown table, the output folder)."""
+    from .bench.runs import find_defense_folders
+    from .errors import BurnError
+    from .report.compare import gather_results, render_markdown, write_comparison
+
+    record_root = plan.root / "record"
+    present = {d.name for a in plan.attacks for d in find_defense_folders(a.folder)}
+    defenses = [d for d in plan.defenses if d in present]
+    if not defenses:
+        raise BurnError("no swept defense left a result folder; nothing to compare (see the logs above)")
+    df = gather_results(record_root, attacks=[a.name for a in plan.attacks], defenses=defenses,
+                        reevaluate=not args.no_reevaluate, device=plan.device, trusted=plan.trusted, progress=progress)
+    out_dir = Path(args.out) if args.out else record_root / "comparison"
+    write_comparison(df, out_dir, plots=not args.no_plots, root=record_root)
+    return render_markdown(df), out_dir
+
+
+# ------------------------------------------------------------------------------------------------
 def _version_line() -> str:
     """``burn-plugin 0.1.0 (/path/to/burn_plugin)``: which copy of the code a run uses (several clones
     with an editable install each are common)."""
@@ -305,15 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_plugins() -> None:
-    """Import modules that register further subcommands (kept out of the import path of `burn --help`)."""
+    """Import the module that registers ``burn register`` and ``burn doctor`` (kept out of the import path of
+    `burn --help`), then register ``burn sweep``, which needs it, after them."""
     import importlib
 
-    for mod in ("burn_plugin.backdoorbench.commands",):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+    mod = "burn_plugin.backdoorbench.commands"
+    try:
+        commands = importlib.import_module(mod)
+    except ModuleNotFoundError as exc:
+        if exc.name != mod:
+            raise
+        return
+    cmd_sweep.configure = commands.configure_sweep
+    subcommand("sweep", SWEEP_HELP)(cmd_sweep)
 
 
 def main(argv=None) -> int:

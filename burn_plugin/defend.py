@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bench.figures import plot_defense_folder
 from .bench.metrics import METRIC_COLUMNS, as_metric_row, evaluate, summarize
 from .bench.records import AttackRecord, load_record
 from .core.tensors import PixelSpaceModel
@@ -142,8 +143,6 @@ def setup_logger(out: Path) -> tuple[logging.Handler, Path]:
 def _plots(out: Path) -> None:
     """ROC, distance histogram and per-round curves beside the results; a plotting failure only warns."""
     try:
-        from .report.plots import plot_defense_folder
-
         plot_defense_folder(out)
     except Exception as exc:  # noqa: BLE001 - plots are a convenience, never a reason to lose results
         log.warning("plots were not written (%s: %s)", type(exc).__name__, exc)

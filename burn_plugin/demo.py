@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .bench.attacks import AttackSettings, run_attack
+from .bench.figures import plot_defense_folder
 from .defenses.ft import FTConfig
 from .core.config import BurnConfig
 from .defend import defend
@@ -44,8 +45,6 @@ def run_demo(out: Path, *, progress: bool = True, device: str = "cpu", say=print
     say("[4/4] comparison table and plots")
     df = gather_results(record_root, device=device)
     written = write_comparison(df, out / "comparison", root=record_root)
-    from .report.plots import plot_defense_folder
-
     plots = plot_defense_folder(folder / "defense" / "burn", out_dir=out / "comparison", prefix="burn_")
     say("")
     say(render_markdown(df, title="Fashion-MNIST BadNets (demo settings)"))

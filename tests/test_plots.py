@@ -10,8 +10,8 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from burn_plugin.errors import BadInputError, RecordNotFoundError
-from burn_plugin.report.plots import (finite_scores, plot_defense_folder, plot_distance_histogram, plot_radar,
-                                      plot_radar_by_defense, plot_roc, plot_roc_by_attack, plot_rounds)
+from burn_plugin.bench.figures import finite_scores, plot_defense_folder, plot_distance_histogram, plot_roc, plot_rounds
+from burn_plugin.report.plots import plot_radar, plot_radar_by_defense, plot_roc_by_attack
 
 
 def _scores(n=400, n_poison=40, seed=0) -> dict:

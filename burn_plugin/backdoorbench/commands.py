@@ -1,4 +1,5 @@
-"""``burn register``, ``burn doctor`` and ``burn sweep`` (imported by :func:`burn_plugin.cli.main` at start-up)."""
+"""``burn register``, ``burn doctor`` and the runs of ``burn sweep`` (imported by :func:`burn_plugin.cli.main` at
+start-up; the command line composes the sweep with the comparison, which this package never imports)."""
 from __future__ import annotations
 
 import contextlib
@@ -59,10 +60,9 @@ cmd_doctor.configure = _bb_root_flag
 
 
 # ------------------------------------------------------------------------------------------------
-@subcommand("sweep", "run BackdoorBench's own defenses (fp, nad, anp, i-bau, ft-sam, sau) and BURN on attack "
-                     "records from a checkout, unmodified, then print the comparison table")
-def cmd_sweep(args) -> int:
-    """See :mod:`burn_plugin.backdoorbench.sweep`."""
+def sweep(args, compare) -> int:
+    """``burn sweep``'s runs (see :mod:`burn_plugin.backdoorbench.sweep`), then ``compare(plan, progress) ->
+    (Markdown table, output folder)`` unless ``--no-compare``."""
     from ..defend import resolve_device
 
     quiet = getattr(args, "quiet", False)
@@ -82,10 +82,10 @@ def cmd_sweep(args) -> int:
 
         lock = folder_lock(resolve_bb_root(args.bb_root) / "record", what="burn sweep")
     with lock:
-        return _sweep(args, device, progress, quiet)
+        return _sweep(args, device, progress, quiet, compare)
 
 
-def _sweep(args, device, progress, quiet) -> int:
+def _sweep(args, device, progress, quiet, compare) -> int:
     from .sweep import plan_sweep, run_sweep, summary_lines
 
     plan = plan_sweep(args.bb_root, attacks=args.attacks, defenses=args.defenses, device=device, fast=args.fast,
@@ -93,26 +93,24 @@ def _sweep(args, device, progress, quiet) -> int:
                       ratio=0.05 if args.ratio is None else args.ratio, index=args.index, seed=args.random_seed,
                       rerun=args.rerun, trusted=args.trust_record)
     if args.status or args.executor == "slurm":
-        return _slurm_sweep(args, plan, progress)
+        return _slurm_sweep(args, plan, progress, compare)
     runs = run_sweep(plan, dry_run=args.dry_run, progress=not quiet,
                      say=lambda m: print(m, file=sys.stderr, flush=True))
     if args.dry_run:
         return 0
     print("\n".join(summary_lines(runs)))
     failed = [r for r in runs if r.status != "ok" and r.status != "skipped"]
-    return _compare_at_end(args, plan, progress, failed, len(runs))
+    return _compare_at_end(args, plan, progress, failed, len(runs), compare)
 
 
-def _compare_at_end(args, plan, progress, failed: list, n_runs: int) -> int:
+def _compare_at_end(args, plan, progress, failed: list, n_runs: int, compare) -> int:
     """The comparison table after a sweep (unless --no-compare); exit status 1 if a run failed."""
     from ..errors import BurnError
-    from .sweep import compare_after
 
     code = 1 if failed else 0
     if not args.no_compare:
         try:
-            table, out = compare_after(plan, reevaluate=not args.no_reevaluate, out=args.out,
-                                       plots=not args.no_plots, progress=progress)
+            table, out = compare(plan, progress)
             print()
             print(table, end="")
             print(f"\ncomparison written to {out}")
@@ -125,7 +123,7 @@ def _compare_at_end(args, plan, progress, failed: list, n_runs: int) -> int:
     return code
 
 
-def _slurm_sweep(args, plan, progress) -> int:
+def _slurm_sweep(args, plan, progress, compare) -> int:
     """``--executor slurm``: submit the runs not done as one job array; ``--status``: their states, and
     the comparison once every run is done."""
     from . import slurm
@@ -147,7 +145,7 @@ def _slurm_sweep(args, plan, progress) -> int:
                 say("run the same `burn sweep ... --executor slurm` (without --status) to submit the failed and "
                     "unsubmitted runs again")
             return 1 if counts["failed"] else 0
-        return _compare_at_end(args, plan, progress, [], len(rows))
+        return _compare_at_end(args, plan, progress, [], len(rows), compare)
     if args.dry_run:
         opts.check()
         print(slurm.sbatch_script(plan.root / "record" / ".sweep_slurm" / "<timestamp>" / "manifest.json",
@@ -162,7 +160,7 @@ def _slurm_sweep(args, plan, progress) -> int:
     return 0
 
 
-def _configure_sweep(p) -> None:
+def configure_sweep(p) -> None:
     from .sweep import DEFAULT_DEFENSES, DEFENSES
 
     flag(p, "bb_root", default=None, metavar="PATH", help="BackdoorBench checkout (holding defense/, config/defense/, "
@@ -206,5 +204,3 @@ def _configure_sweep(p) -> None:
     g.add_argument("--slurm-option", action="append", default=None, metavar="--OPT=VALUE",
                    help="a further sbatch option for every run, e.g. --slurm-option=--account=lab (repeatable)")
 
-
-cmd_sweep.configure = _configure_sweep

@@ -1,4 +1,5 @@
-"""``burn sweep``: BackdoorBench's own defenses (and BURN) over attack records, then ``burn compare``.
+"""``burn sweep``: BackdoorBench's own defenses (and BURN) over attack records; the command line then
+runs ``burn compare`` on them (:mod:`burn_plugin.cli` composes the two).
 
     burn sweep --bb-root ~/BackdoorBench --attacks badnet_fm --fast
     burn sweep --bb-root ~/BackdoorBench --attacks badnet_fm,blended_fm --defenses fp,sau,burn --device cuda
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..bench.datasets import known_dataset
+from ..bench.runs import find_attack_folders, read_run_json
 from ..errors import BadInputError, BurnError, RecordNotFoundError, UnknownNameError, UntrustedFileError
 from ..fileio import finish_run, finished_here, folder_lock, start_run, started_here
 from ..registry import Registry
@@ -436,7 +438,6 @@ def plan_sweep(bb_root, *, attacks=None, defenses=None, device: str = "cpu", fas
     """Check everything and decide every run (nothing is written)."""
     from ..bench.datasets import backdoorbench_datasets
     from .register import resolve_bb_root
-    from ..report.compare import find_attack_folders
 
     names = parse_defenses(defenses)  # a bad name is reported before the checkout is even looked at
     root = resolve_bb_root(bb_root)
@@ -527,7 +528,6 @@ def data_used(run: SweepRun, plan: SweepPlan) -> str | None:
 
 def write_run_files(run: SweepRun, plan: SweepPlan, started: str, ended: str) -> None:
     from ..fileio import save_json
-    from ..report.compare import read_run_json
 
     info = run.attack
     record = {
@@ -731,21 +731,3 @@ def summary_lines(runs: Sequence[SweepRun]) -> list[str]:
             lines += [f"    {ln}" for ln in r.log_tail[-10:]]
     return lines
 
-
-def compare_after(plan: SweepPlan, *, reevaluate: bool, out: str | os.PathLike | None, plots: bool = True,
-                  progress: Callable[[str], None] | None = None) -> tuple[str, Path]:
-    """``burn compare`` on ``<root>/record`` restricted to the swept attacks and defenses (those with a
-    folder); returns (the Markdown table, the output folder)."""
-    from ..report.compare import find_defense_folders, gather_results, render_markdown, write_comparison
-
-    record_root = plan.root / "record"
-    attacks = [a.name for a in plan.attacks]
-    present = {d.name for a in plan.attacks for d in find_defense_folders(a.folder)}
-    defenses = [d for d in plan.defenses if d in present]
-    if not defenses:
-        raise BurnError("no swept defense left a result folder; nothing to compare (see the logs above)")
-    df = gather_results(record_root, attacks=attacks, defenses=defenses, reevaluate=reevaluate,
-                        device=plan.device, trusted=plan.trusted, progress=progress)
-    out_dir = Path(out) if out else record_root / "comparison"
-    write_comparison(df, out_dir, plots=plots, root=record_root)
-    return render_markdown(df), out_dir

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bench.detection import confusion_row, detection_report
 from ..bench.metrics import METRIC_COLUMNS
 from ..bench.records import AttackRecord
 from ..core.config import BurnConfig
@@ -74,7 +75,6 @@ def summary_lines(summary: dict) -> list[str]:
 def run(*, record: AttackRecord, model, config, device, evaluator, out: Path, resume: bool, progress: bool,
           extra: dict) -> dict:
     from ..core.burn import BurnData, run_burn
-    from ..report.detection import confusion_row, detection_report
 
     cfg = config or BurnConfig()
     train = record.tensors("bd_train")

@@ -1,7 +1,7 @@
 """BURN across attacks: the paper's Table 1 and its detection numbers, for every BURN run of a comparison.
 
 :func:`detection_table` reads the detection report each BURN run keeps in its ``run.json``
-(:func:`burn_plugin.report.detection.detection_report`, computed against the record's poison flags),
+(:func:`burn_plugin.bench.detection.detection_report`, computed against the record's poison flags),
 one row per (attack, BURN run):
 
 - observation 1 (paper Table 1): mean boundary distance l(x) of clean and of poisoned training
@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .runs import NO_DEFENSE, attack_dir, md_escape, read_run_json
+from ..bench.runs import attack_dir, read_run_json
+from .runs import NO_DEFENSE, md_escape
 
 log = logging.getLogger("burn")
 

@@ -1,11 +1,9 @@
-"""What the report layer knows about a defense result folder before reading its numbers: the names and
-order of defenses in tables, a run's ``run.json``, where an attack's folder is. Imported by the table
-(:mod:`.compare`), the across-attacks tables (:mod:`.across`) and the plots (:mod:`.plots`), which
-import nothing of each other's but what they need."""
+"""What the report layer knows about defenses before reading their numbers: their names and order in
+tables (where results lie is :mod:`burn_plugin.bench.runs`). Imported by the table (:mod:`.compare`),
+the across-attacks tables (:mod:`.across`) and the plots (:mod:`.plots`), which import nothing of each
+other's but what they need."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Iterable
 
 NO_DEFENSE = "no_defense"
@@ -27,22 +25,5 @@ def display_name(defense: str) -> str:
     return DISPLAY_NAMES.get(defense, defense)
 
 
-def read_run_json(defense_dir: Path) -> dict:
-    """A run's ``run.json`` as a dict ({} when it is missing or unreadable)."""
-    f = Path(defense_dir) / "run.json"
-    if not f.is_file():
-        return {}
-    try:
-        obj = json.loads(f.read_text())
-    except (OSError, ValueError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
-
-
 def md_escape(s: str) -> str:
     return str(s).replace("|", "\\|")
-
-
-def attack_dir(root: Path, attack: str) -> Path:
-    """The folder of ``attack`` under the record root ``root`` (``root`` itself when it is that record)."""
-    return root if (root / "attack_result.pt").is_file() and root.name == attack else root / attack

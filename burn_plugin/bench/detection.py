@@ -1,4 +1,5 @@
-"""Detection quality and the paper's two observations, measured against a record's poison flags.
+"""Detection quality and the paper's two observations, measured against a record's poison flags: metric
+arithmetic beside the one evaluator (:mod:`.metrics`), which a defense run keeps in its ``run.json``.
 
 The flags are read here, for the report only; the defense never sees them. Everything is reported
 twice: against all poisoned samples, and against *label-flipped* poison only (``label !=
