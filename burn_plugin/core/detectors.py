@@ -123,8 +123,9 @@ Used by ``spectral``, ``activation_clustering`` and ``scan`` (:func:`suspect_sid
   neighbour it. On four 20,000-image records SCAn split the target label almost perfectly, and the
   l(x) rule chose the clean part on two (WaNet, where poison lies nearer the boundary than clean, and
   BadNets made with target 3 and ratio 0.05: SCAn's AUROC 0.37 and 0.07); the poison part's
-  adversarial-label entropy was the higher on all four. Clean-label attacks (SIG, LC) poison images of
-  the target class itself, where this evidence is weak; the rule then falls to l(x).
+  adversarial-label entropy was the higher on all four. It fails where the split is not poison
+  against clean: on a SIG record whose target label was 94% poison (clean-label SIG poisons the target
+  class itself) SCAn with this rule ranked the poison at AUROC 0.09, where the l(x) rule had 0.97.
 
 Normalisation across labels
 ---------------------------
