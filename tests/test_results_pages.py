@@ -33,7 +33,7 @@ def test_a_changed_number_is_caught_and_rendered_again(capsys, tmp_path):
     rc, out, err = run(capsys, "results", "--results-dir", res, "--readme", readme)
     assert rc == 0, err
     text = readme.read_text()
-    assert "**80.71 / 1.23 / 35.58**" in text and "on 1 of 9 (sig_fm) records" in text
+    assert "**80.71 / 1.23 / 35.58**" in text and "on 1 of 9 (sig_fm) records of 60,000 training images" in text
     assert (res / "summary.png").stat().st_size > 10_000
     assert run(capsys, "results", "--check", "--results-dir", res, "--readme", readme)[0] == 0
 

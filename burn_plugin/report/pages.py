@@ -140,7 +140,8 @@ def verdict(df: pd.DataFrame) -> str:
             and at[(a, "no_defense")].test_acc - at[(a, "burn[box-aware]")].test_acc <= KEPT_ACC]
     closest = f" (closest: {min(kept)[1]}, ASR {min(kept)[0]:.2f} with ACC {min(kept)[2]:+.2f})" if kept else ""
     return (f"**Verdict.** With no clean data, BURN (the paper's loop) removes the backdoor (ASR <= {REMOVED_ASR:g}%, "
-            f"ACC within {KEPT_ACC:g} points of no defense) on {said('burn[box-aware]')} records{closest}; with another "
+            f"ACC within {KEPT_ACC:g} points of no defense) on {said('burn[box-aware]')} records of 60,000 training "
+            f"images{closest}; with another "
             f"poison detector on at most {max(best.values())} of {n}. With clean data, FT (5%) does on "
             f"{said('ft')}, ULRL (1%) on {said('ulrl')}. Detection is where BURN fails: "
             f"[detectors](docs/results/detectors_20k/detectors.md).\n")
@@ -210,11 +211,30 @@ def index_page(df: pd.DataFrame) -> str:
         "`burn results --check` (run by the test suite) fails when a page rendered here differs from its data.\n")
 
 
-def readme_blocks(df: pd.DataFrame, source: str) -> dict[str, str]:
-    """The README's generated blocks: ``verdict`` (two lines near the top) and ``results`` (the table)."""
+def round_verdict(df: pd.DataFrame, link: str) -> str:
+    """One line per BURN configuration of another set of records: where it removed the backdoor."""
+    n = df["attack"].nunique()
+    lines = []
+    for d in dict.fromkeys(df["defense"]):
+        if d == "no_defense":
+            continue
+        ran = df.loc[df["defense"] == d, "attack"].nunique()
+        got = removed_on(df, d)
+        lines.append(f"- `{d}`: {len(got)} of {ran}" + (f" ({', '.join(got)})" if got else "")
+                     + ("" if ran == n else f" (run on {ran} of the {n} records)"))
+    return (f"On the records made again at 20,000 training images ([all rows]({link})), the backdoor is removed "
+            "(same rule) by:\n\n" + "\n".join(lines) + "\n")
+
+
+def readme_blocks(df: pd.DataFrame, source: str, rounds: dict[str, tuple[pd.DataFrame, str]] | None = None
+                  ) -> dict[str, str]:
+    """The README's generated blocks: ``verdict`` (two lines near the top, then one line per configuration
+    of each other set of records in ``rounds``: name -> (its comparison, the link to its page)) and
+    ``results`` (the table)."""
     note = f"<!-- rendered by `burn results` from {source}; do not edit by hand -->\n"
+    extra = "".join("\n" + round_verdict(rdf, link) for rdf, link in (rounds or {}).values())
     return {
-        "verdict": note + verdict(df),
+        "verdict": note + verdict(df) + extra,
         "results": (note + "\nACC / ASR / RA in % (Fashion-MNIST, `smallresnet`, nine attacks; **bold**: backdoor "
                     "removed). All rows, and BURN with each poison detector: "
                     "[docs/results](docs/results/comparison.md).\n\n" + cell_table(df, MAIN) + "\n"
@@ -291,7 +311,10 @@ def render_pages(results_dir: str | os.PathLike, readme: str | os.PathLike | Non
     if readme is not None:
         readme = Path(readme)
         rel = os.path.relpath(results_dir / "comparison.csv", readme.parent)
-        pages.append(Page(readme, fill_blocks(readme.read_text(), readme_blocks(df, rel), str(readme))))
+        rounds = {sub: (read_comparison(results_dir / sub / "comparison.csv"),
+                        os.path.relpath(results_dir / sub / "comparison.md", readme.parent))
+                  for sub in ROUND_PAGES if (results_dir / sub / "comparison.csv").is_file()}
+        pages.append(Page(readme, fill_blocks(readme.read_text(), readme_blocks(df, rel, rounds), str(readme))))
     return pages
 
 
