@@ -41,6 +41,7 @@ import pandas as pd
 
 from ..bench.figures import plot_defense_folder
 from ..bench.runs import attack_dir, find_attack_folders, find_defense_folders, read_run_json
+from ..core.config import BurnConfig
 from ..errors import BadInputError, BurnError, CorruptFileError, ShapeMismatchError
 from . import across
 from . import plots as P
@@ -114,8 +115,6 @@ def table_name(folder_name: str, run: dict, taken: set) -> str:
     if config.get("clean_veto", 0):
         parts.append(f"veto {config['clean_veto']:g}%")
     if run.get("method") == "burn":   # the paper's schedule, named where a run changed it
-        from ..core.config import BurnConfig
-
         paper = BurnConfig()
         parts += [f"{k} {config[k]:g}" for k in _SCHEDULE
                   if isinstance(config.get(k), (int, float)) and config[k] != getattr(paper, k)]

@@ -176,12 +176,11 @@ def comparison_page(df: pd.DataFrame, source: str) -> str:
 def round_page(df: pd.DataFrame, title: str, what: str) -> str:
     """Every defense of ``df`` as a column (in the order ``burn compare`` wrote them), one row per record,
     and on which records each removed the backdoor."""
-    names = [d for d in dict.fromkeys(df["defense"])]
+    names = list(dict.fromkeys(df["defense"]))
     columns = [(d, "No defense" if d == "no_defense" else d) for d in names]
     n = df["attack"].nunique()
-    removed = "\n".join(f"- `{d}`: {len(removed_on(df, d))} of {n}"
-                         + (f" ({', '.join(removed_on(df, d))})" if removed_on(df, d) else "")
-                         for d in names if d != "no_defense")
+    got = {d: removed_on(df, d) for d in names if d != "no_defense"}
+    removed = "\n".join(f"- `{d}`: {len(g)} of {n}" + (f" ({', '.join(g)})" if g else "") for d, g in got.items())
     return (f"# {title}\n\n<!-- rendered by `burn results` from comparison.csv; do not edit by hand -->\n\n"
             f"{what}. Each cell is ACC / ASR / RA in %; **bold**: the backdoor is removed (ASR <= {REMOVED_ASR:g}%, "
             f"ACC within {KEPT_ACC:g} points of no defense). Written by `burn compare RECORDS --no-reevaluate "
