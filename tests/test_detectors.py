@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from burn_plugin.core.detectors import (DETECTORS, detector_scores, list_detectors, normalise_across_labels,
                                         penultimate_features, register_detector, robust_z_per_label,
                                         suspect_side, unit_rank)
-from burn_plugin.core.detectors import adv_entropy
+from burn_plugin.core.detectors import adv_entropy, side_evidence
 from burn_plugin.core.scores import boundary_score
 from burn_plugin.errors import ConfigError
 
@@ -206,6 +206,38 @@ def test_adv_entropy_side_rule():
     assert adv_entropy(np.array([0, 1, 2])) > adv_entropy(np.array([0, 1, 2] * 32 + [0]))
 
 
+def test_decisive_side_rule_follows_the_stronger_evidence():
+    rng = np.random.RandomState(0)
+    part = np.arange(2000) < 1800                          # SIG-like: the poison is 90% of the label
+    spread = rng.randint(0, 5, 2000)                       # both parts cross into the same 5 classes
+    far = np.where(part, 2.0, 1.0) + 0.5 * rng.rand(2000)  # and the poison lies further from the boundary
+    z_ent, z_rank = side_evidence(part, far, spread)
+    assert abs(z_ent) < abs(z_rank) and z_rank > 0
+    assert suspect_side(part, far, spread, rule="decisive") and not suspect_side(~part, far, spread, rule="decisive")
+    # WaNet-like: the poison spreads over 9 classes, the clean part crosses into 1, and l(x) mildly disagrees
+    adv = np.where(part, rng.randint(1, 10, 2000), 0)
+    near = np.where(part, 0.0, 0.1) + rng.rand(2000)
+    z_ent, z_rank = side_evidence(part, near, adv)
+    assert z_ent > abs(z_rank) and z_rank < 0
+    assert suspect_side(part, near, adv, rule="decisive")
+    assert not suspect_side(part, near, adv, rule="boundary")
+    # evidence that is missing counts as none: the size decides
+    assert suspect_side(~part, None, None, rule="decisive")
+
+
+@pytest.mark.parametrize("n_a, n_b", [(500, 1500), (1000, 1000)])
+def test_side_evidence_is_standard_normal_when_the_parts_do_not_differ(n_a, n_b):
+    """Both z statistics are N(0, 1) under random assignment (Mann-Whitney exactly in mean and variance;
+    the entropy's delta method for large parts). 400 draws: the standard deviation's own standard error
+    is about 1 / sqrt(800) = 0.035, so 0.15 is over four of them."""
+    rng = np.random.RandomState(1)
+    probs = np.array([0.5, 0.2, 0.15, 0.1, 0.05])
+    zs = np.array([side_evidence(rng.permutation(n_a + n_b) < n_a, rng.rand(n_a + n_b),
+                                 rng.choice(5, n_a + n_b, p=probs)) for _ in range(400)])
+    assert np.all(np.abs(zs.mean(axis=0)) < 0.2)        # the mean's standard error is 0.05
+    assert np.all(np.abs(zs.std(axis=0) - 1.0) < 0.15)
+
+
 @pytest.mark.parametrize("share", [0.3, 0.7])
 @pytest.mark.parametrize("name", ["spectral", "activation_clustering", "scan"])
 def test_adv_entropy_side_survives_misleading_distances(name, share):
@@ -218,9 +250,10 @@ def test_adv_entropy_side_survives_misleading_distances(name, share):
     adv = np.where(poison, rng.randint(1, K, len(y)), (y + 1) % K)
     kw = dict(mean=MEAN, std=STD, boundary_distance=misleading, adv_label=torch.from_numpy(adv))
     assert auroc(poison, detector_scores(name, tiny_model(), x, y, **kw)) < BAR   # the l(x) rule is misled
-    s = detector_scores(name, tiny_model(), x, y, side_rule="adv_entropy", **kw)
-    check_scores(s, len(y))
-    assert auroc(poison, s) >= BAR
+    for rule in ("adv_entropy", "decisive"):
+        s = detector_scores(name, tiny_model(), x, y, side_rule=rule, **kw)
+        check_scores(s, len(y))
+        assert auroc(poison, s) >= BAR, rule
     with pytest.raises(ConfigError, match="adversarial labels"):
         detector_scores(name, tiny_model(), x, y, mean=MEAN, std=STD, side_rule="adv_entropy")
 

@@ -68,7 +68,8 @@ the rest open; each open choice is a key here, with the default and its reason:
   cannot hold what the detector suspects, even where the detector's top is larger than k_p.
 - ``suspect_side = "boundary"``: the feature detectors (spectral, activation clustering, SCAn) split each
   label in two and call the part with the larger l(x) suspect; ``"adv_entropy"`` calls suspect the part
-  whose adversarial labels spread over more classes (``core/detectors.py``, "Cluster choice").
+  whose adversarial labels spread over more classes; ``"decisive"`` takes whichever of the two is the
+  stronger evidence on that label, each as a z statistic (``core/detectors.py``, "Cluster choice").
 - ``detection_model = "infected"``: the boundary analysis and every detector look at the infected model
   itself (the paper). Another choice trains a separate *detection model* on the poisoned training set
   first and lets it do the looking, while the unlearning still repairs the infected model:
@@ -296,7 +297,8 @@ class BurnConfig(ConfigBase):
         "clean_veto": "%% of the training set with the highest detector score (phase 1's ranking) never kept as "
                       "clean in phase 2 (0: no veto, the paper)",
         "suspect_side": "how spectral, activation clustering and SCAn choose a label's suspect part: larger l(x) "
-                        "(boundary) or adversarial labels spread over more classes (adv_entropy)",
+                        "(boundary), adversarial labels spread over more classes (adv_entropy), or whichever of the two is "
+                        "the stronger evidence on the label (decisive)",
         "pd_output": "f in PD: softmax outputs or logits",
         "detection_model": "the model the boundary analysis and the detectors look at: the infected model (paper), or "
                            "a copy trained further on the poisoned training set with SGD (sgd, the control) or SAM "
@@ -334,7 +336,8 @@ class BurnConfig(ConfigBase):
                 "grad_mode": ("loop", "batched"),
                 "candidate_mode": ("fixed", "adaptive"), "boundary_method": ("deepfool", "superdeepfool"),
                 "pd_output": ("softmax", "logits"), "clean_selection": ("global", "per_label"),
-                "clean_ranking": ("detector", "boundary"), "suspect_side": ("boundary", "adv_entropy"),
+                "clean_ranking": ("detector", "boundary"),
+                "suspect_side": ("boundary", "adv_entropy", "decisive"),
                 "detection_model": ("infected", "sgd", "sam", "sam_scratch")}
 
     @classmethod

@@ -327,51 +327,89 @@ def normalise_across_labels(raw, labels, *, reference=None) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 # cluster choice
 
-def suspect_side(part: np.ndarray, boundary: np.ndarray | None, adv: np.ndarray | None = None) -> bool:
+def suspect_side(part: np.ndarray, boundary: np.ndarray | None, adv: np.ndarray | None = None,
+                 rule: str | None = None) -> bool:
     """Whether the part ``part`` (bool mask over one label's samples) is the suspect one (else the rest).
 
-    With ``adv`` (the label's adversarial labels, from the boundary analysis): the part whose adversarial
-    labels spread over more classes (higher entropy, :func:`adv_entropy`). An all-to-one poison part holds
-    images of many source classes, and the nearest boundary leads each back towards its own class; a
-    clean label's samples cross into the few classes that neighbour it.
-    With ``boundary`` (the label's ``l(x)``), or on an exact tie of the above: the part with the larger
-    mean within-label rank of ``l`` (the paper's observation 1). Without either, or on an exact tie: the
-    smaller part (Chen et al.'s relative size; ties -> ``part``).
+    ``rule`` (default: ``adv_entropy`` when ``adv`` is given, else ``boundary``):
+
+    - ``adv_entropy``: the part whose adversarial labels (``adv``, from the boundary analysis) spread over
+      more classes (higher entropy, :func:`adv_entropy`). An all-to-one poison part holds images of many
+      source classes, and the nearest boundary leads each back towards its own class; a clean label's
+      samples cross into the few classes that neighbour it. On an exact tie: ``boundary``.
+    - ``boundary``: the part with the larger mean within-label rank of ``l`` (``boundary``; the paper's
+      observation 1).
+    - ``decisive``: the one of those two whose evidence is the stronger, each measured as a z statistic
+      under "the two parts do not differ" (:func:`side_evidence`); ``adv_entropy`` on a tie.
+
+    Without the evidence a rule needs, or on an exact tie: the smaller part (Chen et al.'s relative size;
+    ties -> ``part``).
     """
     part = np.asarray(part, dtype=bool)
     n_a, n_b = int(part.sum()), int((~part).sum())
     if n_a == 0 or n_b == 0:
         return n_b == 0
+    rule = rule or ("adv_entropy" if adv is not None else "boundary")
+    z_ent, z_rank = side_evidence(part, boundary, adv if rule != "boundary" else None)
+    if rule == "decisive" and abs(z_rank) > abs(z_ent):
+        z_ent = 0.0
+    for z in (z_ent, z_rank):
+        if z != 0:
+            return z > 0
+    return n_a <= n_b
+
+
+def side_evidence(part: np.ndarray, boundary: np.ndarray | None,
+                  adv: np.ndarray | None) -> tuple[float, float]:
+    """``(z_entropy, z_rank)``: how strongly the adversarial labels and ``l(x)`` say ``part`` (rather than
+    the rest of the label) is the suspect part, each as a z statistic under "the two parts do not differ";
+    0 where that evidence is missing.
+
+    ``z_entropy = (H_a - H_b) / sqrt(v_a + v_b)``, with ``H`` the Miller-Madow entropy of a part's
+    adversarial labels and ``v = (sum p ln^2 p - H^2) / n`` the delta-method variance of the plug-in
+    entropy (infinite when both parts are single-class and differ). ``z_rank`` is the Mann-Whitney
+    statistic of ``l``: the difference of the parts' mean ranks over its standard deviation under random
+    assignment, ``sqrt(N (N + 1) / 12 (1/n_a + 1/n_b))`` (NaN distances rank lowest)."""
+    z_ent = z_rank = 0.0
     if adv is not None:
         a = np.asarray(adv).astype(np.int64)
-        ea, eb = adv_entropy(a[part]), adv_entropy(a[~part])
+        (ea, va), (eb, vb) = _entropy_and_variance(a[part]), _entropy_and_variance(a[~part])
         if ea != eb:
-            return ea > eb
+            se = float(np.sqrt(va + vb))
+            z_ent = (ea - eb) / se if se > 0 else float(np.sign(ea - eb)) * np.inf
     if boundary is not None:
         from scipy.stats import rankdata
 
         b = np.asarray(boundary, dtype=np.float64).copy()
         b[np.isnan(b)] = -np.inf
         r = rankdata(b, method="average")
-        ma, mb = float(r[part].mean()), float(r[~part].mean())
-        if ma != mb:
-            return ma > mb
-    return n_a <= n_b
+        n, n_a = len(r), int(part.sum())
+        diff = float(r[part].mean() - r[~part].mean())
+        if diff != 0:
+            z_rank = diff / float(np.sqrt(n * (n + 1) / 12.0 * (1.0 / n_a + 1.0 / (n - n_a))))
+    return z_ent, z_rank
+
+
+def _entropy_and_variance(labels: np.ndarray) -> tuple[float, float]:
+    """:func:`adv_entropy` and the delta-method variance of the plug-in entropy, ``(sum p ln^2 p - H^2) / n``."""
+    if len(labels) == 0:
+        return 0.0, 0.0
+    c = np.bincount(labels)
+    p = c[c > 0] / len(labels)
+    h = float(-(p * np.log(p)).sum())
+    var = max(float((p * np.log(p) ** 2).sum()) - h * h, 0.0) / len(labels)
+    return h + (len(p) - 1) / (2 * len(labels)), var
 
 
 def adv_entropy(labels: np.ndarray) -> float:
     """Entropy (nats) of the class counts of ``labels`` with the Miller-Madow correction
     ``(K - 1) / (2 n)`` (K classes seen), which removes the plug-in estimate's first-order bias towards
     lower entropy in the smaller of two parts."""
-    if len(labels) == 0:
-        return 0.0
-    c = np.bincount(labels)
-    c = c[c > 0] / len(labels)
-    return float(-(c * np.log(c)).sum() + (len(c) - 1) / (2 * len(labels)))
+    return _entropy_and_variance(np.asarray(labels).astype(np.int64))[0]
 
 
 #: how the feature detectors choose a label's suspect part (``BurnConfig.suspect_side``)
-SIDE_RULES = ("boundary", "adv_entropy")
+SIDE_RULES = ("boundary", "adv_entropy", "decisive")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -590,14 +628,14 @@ def _label_groups(ctx: DetectorContext):
     y = ctx.labels_np()
     bd = ctx.boundary_np()
     adv = None
-    if ctx.side_rule == "adv_entropy":
+    if ctx.side_rule != "boundary":
         if ctx.adv_label is None:
-            raise ConfigError("suspect_side adv_entropy needs the boundary analysis's adversarial labels")
+            raise ConfigError(f"suspect_side {ctx.side_rule} needs the boundary analysis's adversarial labels")
         adv = _as_np(ctx.adv_label).ravel()
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
         yield idx, partial(suspect_side, boundary=None if bd is None else bd[idx],
-                           adv=None if adv is None else adv[idx])
+                           adv=None if adv is None else adv[idx], rule=ctx.side_rule)
 
 
 @register_detector("boundary", needs_boundary=True, needs_features=False)

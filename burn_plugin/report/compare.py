@@ -110,8 +110,8 @@ def table_name(folder_name: str, run: dict, taken: set) -> str:
         parts.append("per_label")
     if config.get("clean_ranking", "detector") == "boundary" and feature_detector:
         parts.append("clean by boundary")
-    if config.get("suspect_side", "boundary") == "adv_entropy" and feature_detector:
-        parts.append("adv-entropy side")
+    if config.get("suspect_side", "boundary") != "boundary" and feature_detector:
+        parts.append(f"{config['suspect_side'].replace('_', '-')} side")
     if config.get("clean_veto", 0):
         parts.append(f"veto {config['clean_veto']:g}%")
     if run.get("method") == "burn":   # the paper's schedule, named where a run changed it
