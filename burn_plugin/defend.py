@@ -254,11 +254,13 @@ def _defend_main(record, model, method, config, device, out, model_name, resume,
         spec = record.spec
         before = evaluator(PixelSpaceModel(model, spec.mean3, spec.std3).to(device))
         log.info("before: %s", json.dumps(before))
-        outcome = get_defense(method).run(record=record, model=model, config=config, device=device, evaluator=evaluator,
-                                   out=out, resume=resume, progress=progress, extra=extra or {})
+        defense = get_defense(method)
+        outcome = defense.run(record=record, model=model, config=config, device=device, evaluator=evaluator,
+                              out=out, resume=resume, progress=progress, extra=extra or {})
         final_model = outcome["model"].cpu()
         after = outcome.get("after") or evaluator(PixelSpaceModel(final_model, spec.mean3, spec.std3).to(device))
         rows = [as_metric_row(r) for r in outcome["history"]]
+        config_dict = config.to_dict() if hasattr(config, "to_dict") else config
         import pandas as pd
 
         df = pd.DataFrame(rows)
@@ -273,10 +275,12 @@ def _defend_main(record, model, method, config, device, out, model_name, resume,
             "method": method, "record": str(record.folder), "attack": record.settings.get("attack"),
             "dataset": record.dataset, "model": model_name or record.model_name, "device": device,
             "processes": torchrun_world(),
-            "config": config.to_dict() if hasattr(config, "to_dict") else config,
+            "config": config_dict,
             "before": before, "after": after, "wall_seconds": time.time() - started,
             "timings": outcome.get("timings", {}), "versions": versions(), "command": sys.argv,
             "log": str(log_path), "data_used": outcome.get("data_used"),
+            # what a results table names it by (burn_plugin.report reads these, never the registry's code)
+            "label": defense.display, "named_settings": defense.named_settings(config_dict),
         }
         summary.update(outcome.get("summary", {}))
         summary.update(run_info or {})

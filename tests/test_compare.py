@@ -323,7 +323,8 @@ def test_wall_time_and_data_used(results):
     assert math.isnan(_row(results, "badnet_x", "sau")["wall_seconds"])
     assert _row(results, "badnet_x", "burn")["data_used"] == "poisoned training set (no clean data)"
     assert _row(results, "badnet_x", "sau")["data_used"] == "5% clean subset"
-    assert _row(results, "blended_x", "burn")["data_used"] == "poisoned training set (no clean data)"  # built-in
+    # a plugin run says in its run.json; the built-in table holds only BackdoorBench's own defenses
+    assert _row(results, "blended_x", "burn")["data_used"] == ""
     assert _row(results, "badnet_x", "ulrl")["data_used"] == ""
 
 
@@ -491,7 +492,7 @@ def test_cli_compare(tree, tmp_path, capsys):
     assert (out / "radar_blended_x.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "radar_blended_x.pdf").read_bytes()[:5] == b"%PDF-"
     tidy = pd.read_csv(out / "comparison.csv", keep_default_na=False, na_values=[""])
-    assert list(tidy.columns) == ["attack", "defense", "test_acc", "test_asr", "test_ra", "der", "rir",
+    assert list(tidy.columns) == ["attack", "defense", "label", "test_acc", "test_asr", "test_ra", "der", "rir",
                                   "wall_seconds", "source", "baseline_source", "data_used", "model_name", "note",
                                   "folder"]
     assert tidy["attack"].tolist() == ["blended_x"] * 3 + ["broken_x"] * 3
@@ -579,7 +580,10 @@ def test_across_attacks_table_radar_and_roc(tree, tmp_path):
 
 
 def test_burn_settings_name_the_run_alike_on_every_attack():
-    from burn_plugin.report.compare import table_name
+    from burn_plugin.report.compare import table_name as names
+
+    def table_name(*args):
+        return names(*args)[0]
 
     run = {"method": "burn", "config": {"detector": "spectral", "clean_ranking": "boundary"}}
     assert table_name("anything", run, set()) == "burn[spectral, clean by boundary]"
@@ -611,6 +615,12 @@ def test_burn_settings_name_the_run_alike_on_every_attack():
         assert table_name("ulrl_on_spectral", on_spectral, set()) == "ulrl[on burn_spectral]"
     assert table_name("u4", {"method": "ulrl", "config": {"clean_source": "burn", "burn_result": ""}},
                       set()) == "ulrl[on burn]"
+    # the label: the registered one with the same settings; a run's own run.json wins over the registry
+    assert names("b", {"method": "burn", "config": {**paper, "box_aware": True}}, set())[1] == "BURN[box-aware]"
+    assert names("burn", {"method": "burn", "config": paper}, set()) == ("burn", "BURN")
+    assert names("b", {"method": "burn", "config": paper, "label": "Mine", "named_settings": ["fast"]},
+                 set()) == ("burn[fast]", "Mine[fast]")
+    assert names("sau", {}, set()) == ("sau", "SAU")    # BackdoorBench's own defenses write no run.json
 
 
 def test_roc_takes_the_boundary_run_most_attacks_share(tmp_path):

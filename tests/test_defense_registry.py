@@ -84,10 +84,12 @@ def test_a_toy_defense_in_one_module_is_found_everywhere(toy, trained_record, tm
     assert run["method"] == "toy" and run["config"]["scale"] == 0.25      # from the YAML (mnist.yaml)
     assert (result / "defense_result.pt").is_file() and (result / "toy_df_summary.csv").is_file()
 
-    # burn compare: a column of its own
+    assert (run["label"], run["named_settings"]) == ("Toy", [])              # what a table names it by
+
+    # burn compare: a column of its own, under its registered label
     rc, out, err = _run(["-q", "compare", str(record.parent), "--no-plots", "--out", str(tmp_path / "cmp")], capsys)
     assert rc == 0, err
-    assert "| toy ACC | toy ASR |" in out.splitlines()[0]
+    assert "| Toy ACC | Toy ASR |" in out.splitlines()[0]
 
     # burn register: defense/toy.py and config/defense/toy/*.yaml
     bb = tmp_path / "BB"

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.tensors import batches, to_float
+from ..core.tensors import PixelSpaceModel, batches, to_float
 
 METRIC_COLUMNS = ("test_acc", "test_asr", "test_ra", "clean_test_loss_avg_over_batch",
                   "bd_test_loss_avg_over_batch", "ra_test_loss_avg_over_batch")
@@ -106,3 +106,11 @@ def as_metric_row(values: dict) -> dict:
             v = "nan_value"
         row[k] = v
     return row
+
+
+def evaluate_model(model, record, *, device: str = "cpu", batch_size: int = 256) -> dict:
+    """ACC/ASR/RA of a normalised-input ``model`` on the record's ``clean_test``/``bd_test`` (the one evaluator)."""
+    pixel = PixelSpaceModel(model, record.spec.mean3, record.spec.std3).to(device)
+    m = evaluate(pixel, record.tensors("clean_test"), record.tensors("bd_test"), batch_size=batch_size, device=device)
+    model.cpu()
+    return {k: (float("nan") if m.get(k) is None else float(m[k])) for k in ("test_acc", "test_asr", "test_ra")}

@@ -1,5 +1,6 @@
 """Where results lie in a record folder: the attack folders under a record root, each attack's
-``defense/<name>/`` folders, and a run's ``run.json``. Read by the runs that write there (the sweep
+``defense/<name>/`` folders, a run's ``run.json``, and the model a run saved (:func:`load_defense_model`,
+which ``burn compare`` re-evaluates with :func:`burn_plugin.bench.metrics.evaluate_model`). Read by the runs that write there (the sweep
 decides what is done from them) and by the report that tables them."""
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import RecordNotFoundError
+from ..errors import CorruptFileError, RecordNotFoundError, ShapeMismatchError
+from ..fileio import torch_load
+from .models import build_model, load_weights
 
 
 def find_attack_folders(root: str | os.PathLike) -> list[Path]:
@@ -49,3 +52,31 @@ def read_run_json(defense_dir: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return obj if isinstance(obj, dict) else {}
+
+
+def load_defense_model(defense_dir: Path, record, *, trusted: bool = False):
+    """``(model, model_name)`` from ``defense_result.pt`` (a plain ``nn.Module``, weights loaded).
+
+    Raises a :class:`~burn_plugin.errors.BurnError` saying why when it cannot be rebuilt.
+    """
+    path = Path(defense_dir) / "defense_result.pt"
+    obj = torch_load(path, trusted=trusted, what="defense result")
+    if not isinstance(obj, dict) or not obj:
+        raise CorruptFileError(f"{path} is empty (BackdoorBench writes an empty dict when the defense's loss "
+                               f"became NaN/Inf)")
+    sd = obj.get("model")
+    if not isinstance(sd, dict) or not sd:
+        raise CorruptFileError(f"{path} has no state dict under 'model'")
+    name = obj.get("model_name") or record.model_name
+    k = obj.get("num_classes", record.num_classes)
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise CorruptFileError(f"{path}: num_classes is {k!r}") from None
+    if k != record.num_classes:
+        raise ShapeMismatchError(f"{path} is a {k}-class model but the record has {record.num_classes} classes")
+    model = build_model(str(name), k)
+    try:
+        return load_weights(model, sd, model_name=str(name), source=str(path)), str(name)
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        raise ShapeMismatchError(f"{path}: state dict cannot be loaded into {name!r} ({exc})") from exc

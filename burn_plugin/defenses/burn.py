@@ -69,9 +69,45 @@ def summary_lines(summary: dict) -> list[str]:
     return lines
 
 
+#: BURN's schedule settings (paper section 5.2) that a table name shows where a run changed them
+_SCHEDULE = ("rounds", "k_p0", "k_pT", "k_c0", "k_cT", "w0", "wT", "epochs", "lr")
+
+
+def describe(config: dict) -> list[str]:
+    """The settings a results table names beside ``burn`` where a run differs from the paper's ranking,
+    boundary analysis, clean set and schedule: ``burn[spectral]``, ``burn[scan, per_label]``,
+    ``burn[box-aware]`` (the box-aware DeepFool step instead of the paper's clip after each step),
+    ``burn[scan, veto 20%, k_pT 5]``. ``config`` is a run's settings as ``run.json`` holds them; a key
+    it lacks (a run older than the setting) counts as the paper's value."""
+    paper = BurnConfig()
+
+    def differs(key):
+        return key in config and config[key] != getattr(paper, key)
+
+    detector = config.get("detector", paper.detector)
+    feature_detector = isinstance(detector, str) and detector != "boundary"
+    parts = [detector] if feature_detector else []
+    if differs("boundary_method"):
+        parts.append(str(config["boundary_method"]))
+    if config.get("box_aware") is True:
+        parts.append("box-aware")
+    if differs("detection_model"):
+        parts.append(f"{config['detection_model']} detection model")
+    if config.get("clean_selection") == "per_label":
+        parts.append("per_label")
+    if config.get("clean_ranking") == "boundary" and feature_detector:
+        parts.append("clean by boundary")
+    if differs("suspect_side") and feature_detector:
+        parts.append(f"{str(config['suspect_side']).replace('_', '-')} side")
+    if config.get("clean_veto"):
+        parts.append(f"veto {config['clean_veto']:g}%")
+    parts += [f"{k} {config[k]:g}" for k in _SCHEDULE if isinstance(config.get(k), (int, float)) and differs(k)]
+    return parts
+
+
 @defense("burn", BurnConfig, label="BURN", uses_clean_data=False, distributed=True,
          fast=("--rounds", "5", "--epochs", "2", "--candidates", "3", "--candidate_mode", "adaptive"),
-         output_name=output_name, check_resume=check_resume, summary_lines=summary_lines)
+         output_name=output_name, check_resume=check_resume, summary_lines=summary_lines, describe=describe)
 def run(*, record: AttackRecord, model, config, device, evaluator, out: Path, resume: bool, progress: bool,
           extra: dict) -> dict:
     from ..core.burn import BurnData, run_burn

@@ -27,10 +27,17 @@ class DefenseSpec:
     output_name: Callable | None = field(default=None, repr=False)    # (config) -> <record>/defense/<this>/; None: name
     check_resume: Callable | None = field(default=None, repr=False)   # (saved checkpoint, config): raise if it differs
     summary_lines: Callable | None = field(default=None, repr=False)  # (summary) -> lines printed after the metrics
+    describe: Callable | None = field(default=None, repr=False)       # (config dict) -> settings a table names
 
     @property
     def display(self) -> str:
         return self.label or self.name
+
+    def named_settings(self, config: dict) -> list[str]:
+        """The settings a results table shows beside the name, e.g. ``["scan", "veto 20%"]`` for
+        ``burn[scan, veto 20%]``: where a run differs from the defense's reference (its ``describe`` hook);
+        none for a defense without one. ``config`` is a run's settings as ``run.json`` holds them."""
+        return [str(p) for p in self.describe(config)] if self.describe else []
 
     def folder_name(self, config) -> str:
         return self.output_name(config) if self.output_name else self.name

@@ -101,8 +101,29 @@ def _write_ints(values: np.ndarray):
     return lambda p: save_text(index_text(values), p)
 
 
+def burn_result_folder(burn_result: object) -> str:
+    """The name of the BURN result folder a ULRL run read: ``burn`` (the default, ``defense/burn/``), or the
+    folder of the ``scores.npz`` it was given. ``run.json`` holds the validated config, where ULRLConfig has
+    already turned a YAML null or "None" into "" (its ``_OPTIONAL_STR``)."""
+    if not isinstance(burn_result, str) or not burn_result:
+        return "burn"
+    path = Path(burn_result)
+    return (path.parent if path.suffix == ".npz" else path).name or "burn"
+
+
+def describe(config: dict) -> list[str]:
+    """The settings a results table names beside ``ulrl``: trained on BURN's selection instead of clean
+    data, ``ulrl[on burn]`` (``[on burn, balanced]``), or ``ulrl[on <folder>]`` when it read another
+    BURN result than ``defense/burn/`` (``burn_result``)."""
+    if config.get("clean_source") not in ("burn", "burn_balanced"):
+        return []
+    parts = [f"on {burn_result_folder(config.get('burn_result'))}"]
+    return parts + (["balanced"] if config["clean_source"] == "burn_balanced" else [])
+
+
 @defense("ulrl", ULRLConfig, label="ULRL", fast=("--unlearning_epochs", "2", "--relearn_epochs", "2"),
-         resume_help="accepted for symmetry: ULRL keeps no checkpoints and runs again from the start")
+         resume_help="accepted for symmetry: ULRL keeps no checkpoints and runs again from the start",
+         describe=describe)
 def _ulrl(*, record, model, config, device, evaluator, out: Path, resume: bool, progress: bool, extra: dict) -> dict:
     cfg = config or ULRLConfig()
     if resume:

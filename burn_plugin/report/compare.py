@@ -5,10 +5,10 @@
 tidy table, one row per (attack, defense) plus one ``no_defense`` row per attack:
 
 - Numbers come from **one evaluator** where possible: the saved ``defense_result.pt``
-  (``{model_name, num_classes, model}``, interface.md 1.5) is loaded safely, rebuilt from the model
-  zoo (``module.`` prefixes stripped, FP's ``weight_orig * weight_mask`` folded) and evaluated with
-  :func:`burn_plugin.bench.metrics.evaluate` on the record's own ``clean_test`` and ``bd_test``
-  (source ``re-evaluated``). The record is loaded once per attack.
+  (``{model_name, num_classes, model}``, interface.md 1.5) is loaded safely and rebuilt from the model
+  zoo by :func:`burn_plugin.bench.runs.load_defense_model` and evaluated by
+  :func:`burn_plugin.bench.metrics.evaluate_model` on the record's own ``clean_test`` and ``bd_test``
+  (source ``re-evaluated``); this module only calls them. The record is loaded once per attack.
 - Otherwise (no ``defense_result.pt``, an empty dict as BackdoorBench writes after a NaN loss, an
   unknown model name, a state dict that does not fit, a record that cannot be loaded, or
   ``reevaluate=False``) the defense's own summary CSV is read (source ``csv``) under BackdoorBench's
@@ -40,13 +40,14 @@ import numpy as np
 import pandas as pd
 
 from ..bench.figures import plot_defense_folder
-from ..bench.runs import attack_dir, find_attack_folders, find_defense_folders, read_run_json
-from ..core.config import BurnConfig
-from ..errors import BadInputError, BurnError, CorruptFileError, ShapeMismatchError
+from ..bench.metrics import evaluate_model
+from ..bench.runs import attack_dir, find_attack_folders, find_defense_folders, load_defense_model, read_run_json
+from ..defenses import _DEFENSES
+from ..errors import BadInputError, BurnError
 from . import across
 from . import plots as P
 # NO_DEFENSE and display_name are also imported from here by tests
-from .runs import NO_DEFENSE, display_name, md_escape, order_defenses  # noqa: F401
+from .runs import NO_DEFENSE, display_name, labels_of, md_escape, order_defenses  # noqa: F401
 
 log = logging.getLogger("burn")
 
@@ -63,11 +64,8 @@ SUMMARY_FILES: dict[str, list[tuple[str, object]]] = {
     "anp": [("anp_df_summary.csv", 0)],
 }
 
-#: What each defense trains on, when its ``run.json`` does not say (BackdoorBench's ``ratio: 0.05``).
-DATA_USED: dict[str, str] = {
-    **{d: "5% clean subset" for d in ("fp", "nad", "anp", "i-bau", "ft-sam", "sau", "ft")},
-    "burn": "poisoned training set (no clean data)",
-}
+#: What BackdoorBench's own defenses train on (their ``ratio: 0.05``); the plugin's defenses say in ``run.json``.
+DATA_USED: dict[str, str] = {d: "5% clean subset" for d in ("fp", "nad", "anp", "i-bau", "ft-sam", "sau", "ft")}
 
 #: ``--metrics`` names -> tidy-table columns and headers.
 METRICS = {"acc": ("test_acc", "ACC"), "asr": ("test_asr", "ASR"), "ra": ("test_ra", "RA"),
@@ -76,62 +74,32 @@ DEFAULT_METRICS = ("acc", "asr", "ra", "der", "time")
 #: which direction is better, per metric (time is never marked)
 _HIGHER_IS_BETTER = {"acc": True, "asr": False, "ra": True, "der": True, "rir": True}
 
-TIDY_COLUMNS = ["attack", "defense", "test_acc", "test_asr", "test_ra", "der", "rir", "wall_seconds", "source",
+TIDY_COLUMNS = ["attack", "defense", "label", "test_acc", "test_asr", "test_ra", "der", "rir", "wall_seconds", "source",
                 "baseline_source", "data_used", "model_name", "note", "folder"]
 
 
-#: BURN's schedule settings (paper section 5.2) that a table name shows where a run changed them
-_SCHEDULE = ("rounds", "k_p0", "k_pT", "k_c0", "k_cT", "w0", "wT", "epochs", "lr")
-
-
-def table_name(folder_name: str, run: dict, taken: set) -> str:
-    """A defense's name in the table: its folder's, or for BURN run with other than the paper's ranking,
-    boundary analysis and clean set (``run.json`` says which) the method with those settings, e.g.
-    ``burn[spectral]``, ``burn[scan, per_label]``, ``burn[spectral, clean by boundary]``, ``burn[scan, veto 20%]``, ``burn[scan, k_pT 5]``, ``burn[box-aware]``
-    (the box-aware DeepFool step instead of the paper's clip after each step), so that one configuration has
-    one name on every attack (the folder name is kept when two folders of one attack would share a name).
-    ULRL trained on BURN's selection instead of clean data is ``ulrl[on burn]`` (``[on burn, balanced]``),
-    or ``ulrl[on <folder>]`` when it read another BURN result than ``defense/burn/`` (``burn_result``)."""
-    config = run.get("config") if isinstance(run.get("config"), dict) else {}
-    if run.get("method") == "ulrl" and config.get("clean_source") in ("burn", "burn_balanced"):
-        source = burn_result_folder(config.get("burn_result"))
-        label = f"ulrl[on {source}" + (", balanced]" if config["clean_source"] == "burn_balanced" else "]")
-        return label if label not in taken else f"{folder_name}[on {source}]"
-    detector = config.get("detector", "boundary")
-    feature_detector = isinstance(detector, str) and detector != "boundary"
-    parts = [detector] if feature_detector else []
-    if config.get("boundary_method", "deepfool") != "deepfool":
-        parts.append(str(config["boundary_method"]))
-    if config.get("box_aware") is True:
-        parts.append("box-aware")
-    if config.get("detection_model", "infected") != "infected":
-        parts.append(f"{config['detection_model']} detection model")
-    if config.get("clean_selection", "global") == "per_label":
-        parts.append("per_label")
-    if config.get("clean_ranking", "detector") == "boundary" and feature_detector:
-        parts.append("clean by boundary")
-    if config.get("suspect_side", "boundary") != "boundary" and feature_detector:
-        parts.append(f"{config['suspect_side'].replace('_', '-')} side")
-    if config.get("clean_veto", 0):
-        parts.append(f"veto {config['clean_veto']:g}%")
-    if run.get("method") == "burn":   # the paper's schedule, named where a run changed it
-        paper = BurnConfig()
-        parts += [f"{k} {config[k]:g}" for k in _SCHEDULE
-                  if isinstance(config.get(k), (int, float)) and config[k] != getattr(paper, k)]
+def table_name(folder_name: str, run: dict, taken: set) -> tuple[str, str]:
+    """``(name, label)`` of a defense in the table: its folder's name, or, where the run's settings differ
+    from its defense's reference, the method with those settings, e.g. ``burn[scan, veto 20%]`` (the
+    folder name is kept when two folders of one attack would share a name), so that one configuration
+    has one name on every attack. The label is the same with the defense's registered label
+    (``BURN[scan, veto 20%]``). Both come from ``run.json`` (``label``, ``named_settings``, written by
+    :func:`burn_plugin.defend.defend` from the registry); for an older run, from the registry now."""
+    method = run.get("method") if isinstance(run.get("method"), str) else None
+    spec = _DEFENSES.get(method) if method else None
+    parts = run.get("named_settings")
+    if not isinstance(parts, list):
+        config = run.get("config") if isinstance(run.get("config"), dict) else {}
+        parts = spec.named_settings(config) if spec else []
+    label = run.get("label") if isinstance(run.get("label"), str) and run.get("label") else None
+    label = label or (spec.display if spec else display_name(folder_name))
     if not parts:
-        return folder_name
-    label = f"{run.get('method') or folder_name}[{', '.join(parts)}]"
-    return label if label not in taken else f"{folder_name}[{', '.join(parts)}]"
-
-
-def burn_result_folder(burn_result: object) -> str:
-    """The name of the BURN result folder a ULRL run read: ``burn`` (the default, ``defense/burn/``), or the
-    folder of the ``scores.npz`` it was given. ``run.json`` holds the validated config, where ULRLConfig has
-    already turned a YAML null or "None" into "" (its ``_OPTIONAL_STR``)."""
-    if not isinstance(burn_result, str) or not burn_result:
-        return "burn"
-    path = Path(burn_result)
-    return (path.parent if path.suffix == ".npz" else path).name or "burn"
+        return folder_name, (label if method and folder_name == method else display_name(folder_name))
+    inner = ", ".join(str(p) for p in parts)
+    name = f"{method or folder_name}[{inner}]"
+    if name in taken:
+        return f"{folder_name}[{inner}]", f"{folder_name}[{inner}]"
+    return name, f"{label}[{inner}]"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -208,51 +176,6 @@ def data_used_of(defense: str, run: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# re-evaluation
-
-def load_defense_model(defense_dir: Path, record, *, trusted: bool = False):
-    """``(model, model_name)`` from ``defense_result.pt`` (a plain ``nn.Module``, weights loaded).
-
-    Raises a :class:`~burn_plugin.errors.BurnError` saying why when it cannot be rebuilt.
-    """
-    from ..bench.models import build_model, load_weights
-    from ..fileio import torch_load
-
-    path = Path(defense_dir) / "defense_result.pt"
-    obj = torch_load(path, trusted=trusted, what="defense result")
-    if not isinstance(obj, dict) or not obj:
-        raise CorruptFileError(f"{path} is empty (BackdoorBench writes an empty dict when the defense's loss "
-                               f"became NaN/Inf)")
-    sd = obj.get("model")
-    if not isinstance(sd, dict) or not sd:
-        raise CorruptFileError(f"{path} has no state dict under 'model'")
-    name = obj.get("model_name") or record.model_name
-    k = obj.get("num_classes", record.num_classes)
-    try:
-        k = int(k)
-    except (TypeError, ValueError):
-        raise CorruptFileError(f"{path}: num_classes is {k!r}") from None
-    if k != record.num_classes:
-        raise ShapeMismatchError(f"{path} is a {k}-class model but the record has {record.num_classes} classes")
-    model = build_model(str(name), k)
-    try:
-        return load_weights(model, sd, model_name=str(name), source=str(path)), str(name)
-    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
-        raise ShapeMismatchError(f"{path}: state dict cannot be loaded into {name!r} ({exc})") from exc
-
-
-def evaluate_model(model, record, *, device: str = "cpu", batch_size: int = 256) -> dict:
-    """ACC/ASR/RA of a normalised-input ``model`` on the record's ``clean_test``/``bd_test`` (the one evaluator)."""
-    from ..bench.metrics import evaluate
-    from ..core.tensors import PixelSpaceModel
-
-    pixel = PixelSpaceModel(model, record.spec.mean3, record.spec.std3).to(device)
-    m = evaluate(pixel, record.tensors("clean_test"), record.tensors("bd_test"), batch_size=batch_size, device=device)
-    model.cpu()
-    return {k: (float("nan") if m.get(k) is None else float(m[k])) for k in ("test_acc", "test_asr", "test_ra")}
-
-
-# ------------------------------------------------------------------------------------------------
 # gathering
 
 def _split_names(value) -> list[str] | None:
@@ -312,7 +235,8 @@ def gather_results(root: str | os.PathLike, *, attacks=None, defenses=None, reev
                 record_note = f"record not loaded, numbers from CSV files: {exc}"
 
         # no defense
-        base = {"attack": adir.name, "defense": NO_DEFENSE, "data_used": "", "wall_seconds": float("nan"),
+        base = {"attack": adir.name, "defense": NO_DEFENSE, "label": display_name(NO_DEFENSE), "data_used": "",
+                "wall_seconds": float("nan"),
                 "folder": ""}
         vals, source, note = None, "missing", record_note
         if record is not None:
@@ -339,7 +263,8 @@ def gather_results(root: str | os.PathLike, *, attacks=None, defenses=None, reev
         for ddir in ddirs:
             name = ddir.name
             run = read_run_json(ddir)
-            row = {"attack": adir.name, "defense": table_name(name, run, taken), "data_used": data_used_of(name, run),
+            key, label = table_name(name, run, taken)
+            row = {"attack": adir.name, "defense": key, "label": label, "data_used": data_used_of(name, run),
                    "wall_seconds": _to_float(run.get("wall_seconds")), "folder": name}
             taken.add(row["defense"])
             vals, source, note = None, "missing", ""
@@ -373,7 +298,7 @@ def gather_results(root: str | os.PathLike, *, attacks=None, defenses=None, reev
             df[c] = np.nan if c in ("test_acc", "test_asr", "test_ra", "der", "rir", "wall_seconds") else ""
     for c in ("test_acc", "test_asr", "test_ra", "der", "rir", "wall_seconds"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
-    for c in ("source", "baseline_source", "data_used", "model_name", "note", "folder"):
+    for c in ("label", "source", "baseline_source", "data_used", "model_name", "note", "folder"):
         df[c] = df[c].fillna("").astype(str)
 
     # DER / RIR against each attack's no-defense row
@@ -423,6 +348,10 @@ class Layout:
     notes: list[str]
     data_used: list[tuple[str, str]]
     problems: list[str]
+    labels: dict[str, str]                # defense -> its name in the table (runs.labels_of)
+
+    def name(self, defense: str) -> str:
+        return self.labels.get(defense) or display_name(defense)
 
 
 def parse_metrics(metrics) -> list[str]:
@@ -529,12 +458,13 @@ def build_layout(df: pd.DataFrame, metrics=None) -> Layout:
     if any_partial:
         notes.append("‡ mean over fewer attacks than the table has rows (missing entries skipped; "
                      "not compared for bold).")
+    lay = Layout(groups, rows, notes, [], [], labels_of(df))
     if empty:
-        notes.append("No numbers for " + ", ".join(display_name(d) for d in empty) + " (see the sources below).")
-    data_used = [(d, str(_first(df[df["defense"] == d]["data_used"]) or "not recorded")) for d in defenses]
-    problems = [f"{r['attack']} / {display_name(r['defense'])}: {r['note']}" for _, r in df.iterrows()
-                if r["source"] != "re-evaluated" and r["note"]]
-    return Layout(groups, rows, notes, data_used, problems)
+        notes.append("No numbers for " + ", ".join(lay.name(d) for d in empty) + " (see the sources below).")
+    lay.data_used = [(d, str(_first(df[df["defense"] == d]["data_used"]) or "not recorded")) for d in defenses]
+    lay.problems = [f"{r['attack']} / {lay.name(r['defense'])}: {r['note']}" for _, r in df.iterrows()
+                    if r["source"] != "re-evaluated" and r["note"]]
+    return lay
 
 
 def _first(series):
@@ -557,7 +487,7 @@ def wide_table(df: pd.DataFrame, metrics=None) -> pd.DataFrame:
 def render_markdown(df: pd.DataFrame, metrics=None, *, title: str | None = None) -> str:
     """A GitHub-Markdown table (no extra dependency) with the notes under it."""
     lay = build_layout(df, metrics)
-    header = ["Attack"] + [f"{display_name(d)} {METRICS[k][1]}" for d, ks in lay.groups for k in ks]
+    header = ["Attack"] + [f"{lay.name(d)} {METRICS[k][1]}" for d, ks in lay.groups for k in ks]
     align = ["---"] + ["---:"] * (len(header) - 1)
     lines = []
     if title:
@@ -575,7 +505,7 @@ def render_markdown(df: pd.DataFrame, metrics=None, *, title: str | None = None)
     lines += [f"- {n}" for n in lay.notes]
     if lay.data_used:
         lines.append("")
-        lines.append("Data used: " + "; ".join(f"{display_name(d)}: {u}" for d, u in lay.data_used) + ".")
+        lines.append("Data used: " + "; ".join(f"{lay.name(d)}: {u}" for d, u in lay.data_used) + ".")
     if lay.problems:
         lines.append("")
         lines.append("Sources not re-evaluated:")
@@ -604,7 +534,7 @@ def render_latex(df: pd.DataFrame, metrics=None, *, caption: str | None = None,
     top, rules, sub = [""], [], ["Attack"]
     col = 2
     for d, ks in lay.groups:
-        top.append(rf"\multicolumn{{{len(ks)}}}{{c}}{{{latex_escape(display_name(d))}}}")
+        top.append(rf"\multicolumn{{{len(ks)}}}{{c}}{{{latex_escape(lay.name(d))}}}")
         rules.append(rf"\cmidrule(lr){{{col}-{col + len(ks) - 1}}}")
         col += len(ks)
         sub += [METRICS[k][1] for k in ks]
@@ -625,7 +555,7 @@ def render_latex(df: pd.DataFrame, metrics=None, *, caption: str | None = None,
         body.append(" & ".join([latex_escape(name)] + [cell(c) for c in cells]) + r" \\")
     notes = " ".join(latex_escape(n).replace("†", r"$^\dagger$").replace("‡", r"$^\ddagger$") for n in lay.notes)
     if lay.data_used:
-        notes += " Data used: " + "; ".join(f"{latex_escape(display_name(d))}: {latex_escape(u)}"
+        notes += " Data used: " + "; ".join(f"{latex_escape(lay.name(d))}: {latex_escape(u)}"
                                              for d, u in lay.data_used) + "."
     cap = caption or "Defenses against each attack: ACC, ASR, RA and DER in \\%."
     lines = [

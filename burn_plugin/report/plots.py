@@ -20,7 +20,7 @@ import numpy as np
 from ..bench.figures import (COLORS, Plot, finite_scores, load_scores, new_figure, plot_style, require_arrays,
                              roc_axes, save_figure)
 from ..errors import BadInputError
-from .runs import NO_DEFENSE, display_name, order_defenses
+from .runs import NO_DEFENSE, labels_of, order_defenses
 
 log = logging.getLogger("burn")
 
@@ -57,7 +57,8 @@ def plot_radar(table, out_stem: str | os.PathLike, *, title: str | None = None) 
         raise BadInputError(f"no defense of {attack or 'this attack'} has ACC/ASR numbers to plot")
     vals = {m: [_percent(rows[rows["defense"] == d][m].iloc[0]) for d in defenses] for m in ("test_acc", "test_asr")}
     ref = {m: (_percent(base[m].iloc[0]) if len(base) else float("nan")) for m in ("test_acc", "test_asr")}
-    labels = [display_name(d) for d in defenses]
+    names = labels_of(rows)
+    labels = [names[d] for d in defenses]
     kind = "radar" if len(defenses) >= 3 else "bar"
     panels = (("test_acc", "ACC (%), higher is better", COLORS["acc"]),
               ("test_asr", "ASR (%), lower is better", COLORS["asr"]))
@@ -171,6 +172,7 @@ def plot_radar_by_defense(table, out_stem: str | os.PathLike, *, title: str | No
 
     base = {m: series(NO_DEFENSE, m) for m in ("test_acc", "test_asr")}
     values = {d: {m: series(d, m) for m in ("test_acc", "test_asr")} for d in defenses}
+    names = labels_of(df)
     ncols = min(3, len(defenses))
     nrows = math.ceil(len(defenses) / ncols)
     ang = np.linspace(0, 2 * np.pi, len(attacks), endpoint=False)
@@ -191,7 +193,7 @@ def plot_radar_by_defense(table, out_stem: str | os.PathLike, *, title: str | No
                 ax.plot(closed, ring(base[m]), "--", color=color, lw=1.4, alpha=0.9, label=f"{name}, no defense")
                 ax.plot(closed, ring(values[d][m]), "-o", color=color, lw=2, ms=5, label=f"{name}, defended")
             _polar_frame(ax, attacks, pad=6)
-            ax.set_title(display_name(d), pad=14, fontweight="bold")
+            ax.set_title(names[d], pad=14, fontweight="bold")
         handles, labels = fig.axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncol=4, frameon=False)
         fig.suptitle(title or "ACC and ASR (%) per attack: defended (solid) vs no defense (dashed)")

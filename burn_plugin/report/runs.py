@@ -25,5 +25,15 @@ def display_name(defense: str) -> str:
     return DISPLAY_NAMES.get(defense, defense)
 
 
+def labels_of(df) -> dict[str, str]:
+    """defense -> its name in tables and figures: the tidy table's ``label`` (from the run's ``run.json``),
+    else :func:`display_name` (BackdoorBench's own defenses, and tables written before labels were)."""
+    out = {}
+    for d in dict.fromkeys(df["defense"]):
+        given = df[df["defense"] == d]["label"] if "label" in df.columns else []
+        out[d] = next((v for v in given if isinstance(v, str) and v), "") or display_name(d)
+    return out
+
+
 def md_escape(s: str) -> str:
     return str(s).replace("|", "\\|")
