@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 
 from .errors import BadInputError, run_reporting_errors
-from .settings import SUBCOMMANDS, OneLineErrorParser, add_settings_flags, flag, settings_from_flags, subcommand
+from .flags import SUBCOMMANDS, OneLineErrorParser, add_settings_flags, flag, settings_from_flags, subcommand
+# Imports of torch-heavy modules sit inside the functions that need them: this module stays free of torch and
+# pandas so that `burn --help` and argument errors answer at once (tests/test_import_cycles.py holds it to that).
 
 
 # ------------------------------------------------------------------------------------------------
@@ -110,7 +112,8 @@ cmd_info.configure = _configure_info
 def cmd_defend(args) -> int:
     from .bench.records import record_dataset, resolve_attack_folder
     from .defend import config_class, defend, print_summary
-    from .settings import RUN_KEYS, given_flags, merge_settings, resolve_yaml
+    from .flags import given_flags
+    from .settings import RUN_KEYS, merge_settings, resolve_yaml
 
     method = args.method
     config_cls = config_class(method)
@@ -141,7 +144,8 @@ def cmd_defend(args) -> int:
 
 def _configure_defend(p):
     from .defenses import all_defenses, list_defenses
-    from .settings import RUN_KEYS, add_algorithm_flags
+    from .flags import add_algorithm_flags
+    from .settings import RUN_KEYS
 
     flag(p, "attack_folder", default=None, help="attack record folder (holding attack_result.pt), or a folder "
          "name under ./record/ as in BackdoorBench")

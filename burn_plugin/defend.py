@@ -44,6 +44,8 @@ from .errors import (RENDEZVOUS_TIMEOUT_VAR, BurnError, ConfigError, OutputExist
                      RankFailedError, stray_torchrun_variables, torchrun_env, torchrun_world)
 from .fileio import (FileCheckpoint, finish_run, folder_lock, save_csv, save_json, save_torch, start_run,
                      started_here, writable_folder)
+from . import __version__
+from .core.distributed import join_process_group
 
 log = logging.getLogger("burn")
 
@@ -86,7 +88,6 @@ def process_group(device: str, method: str):
         return
     import torch.distributed as dist
 
-    from .core.distributed import join_process_group
 
     if not get_defense(method).distributed:
         which = ", ".join(d.display for d in all_defenses() if d.distributed)
@@ -166,7 +167,6 @@ def versions() -> dict:
     be told apart."""
     import torchvision
 
-    from . import __version__
 
     return {"burn_plugin": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "numpy": np.__version__, "platform": platform.platform(),

@@ -17,6 +17,7 @@ from .bench.figures import plot_defense_folder
 from .defenses.ft import FTConfig
 from .core.config import BurnConfig
 from .defend import defend
+from .report.compare import gather_results, render_markdown, write_comparison
 
 DEMO_ATTACK = dict(attack="badnet", dataset="fashionmnist", model="smallresnet", pratio=0.1, attack_target=0,
                    epochs=35, train_subset=8_000, test_subset=1_000, random_seed=0, eval_every_epoch=False)
@@ -25,7 +26,6 @@ DEMO_FT = dict(epochs=5)
 
 
 def run_demo(out: Path, *, progress: bool = True, device: str = "cpu", say=print) -> dict:
-    from .report.compare import gather_results, render_markdown, write_comparison
 
     out = Path(out)
     record_root = out / "record"

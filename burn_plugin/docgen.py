@@ -20,6 +20,8 @@ import dataclasses
 import re
 import sys
 from pathlib import Path
+# Imports of torch-heavy modules sit inside the functions that need them: this module stays free of torch and
+# pandas so that `burn --help` and argument errors answer at once (tests/test_import_cycles.py holds it to that).
 
 #: the pages this module writes, relative to the docs folder
 PAGES = ("commands.md", "configuration.md")
@@ -54,7 +56,7 @@ def config_classes() -> list:
 
 
 def is_algorithm_group(group) -> bool:
-    """An argument group of :func:`burn_plugin.settings.add_algorithm_flags` (one flag per config field)."""
+    """An argument group of :func:`burn_plugin.flags.add_algorithm_flags` (one flag per config field)."""
     return " settings (also YAML keys" in (group.title or "")
 
 

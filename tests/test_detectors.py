@@ -318,8 +318,8 @@ _SIZE = {"alexnet": 64, "inception_v3": 75, "smallresnet": 28}
 
 @pytest.mark.parametrize("name", _zoo())
 def test_penultimate_features_for_every_zoo_model(name):
-    from burn_plugin.bench.models import build_model, last_linear
-    from burn_plugin.core.tensors import Normalize, logits_of
+    from burn_plugin.bench.models import build_model
+    from burn_plugin.core.tensors import Normalize, find_classifier, logits_of
 
     torch.manual_seed(0)
     model = build_model(name, 10).eval()
@@ -335,7 +335,7 @@ def test_penultimate_features_for_every_zoo_model(name):
             assert feats.shape == (2, conv.in_channels)
             again = torch.relu(conv(feats[:, :, None, None])).flatten(1)
         else:
-            _, lin = last_linear(model)
+            _, lin = find_classifier(model, x)
             assert feats.shape == (2, lin.in_features)
             again = lin(feats)
     scale = float(logits.abs().max()) + 1.0

@@ -52,7 +52,7 @@ def test_every_flag_and_every_setting_has_a_help_text():
 
 def test_a_missing_help_text_is_named(monkeypatch):
     from burn_plugin.core.config import BurnConfig
-    from burn_plugin.settings import SUBCOMMANDS
+    from burn_plugin.flags import SUBCOMMANDS
 
     def toy(args):
         return 0

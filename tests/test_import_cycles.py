@@ -3,6 +3,8 @@ contracts, ``tests/test_layers.py``, see only the direction of module-level arro
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "burn_plugin"   # module_name() names files relative to its parent
@@ -94,3 +96,34 @@ def test_a_planted_cycle_is_found(tmp_path):
         assert cycles(import_graph(pkg)) == [["burn_plugin.a.x", "burn_plugin.a.y"]]
     finally:
         PKG = old
+
+
+# The modules `burn --help` and the BackdoorBench entry script's argument parsing import: they stay free of
+# torch and pandas, so these modules alone may import the package's heavy modules inside functions.
+LIGHT = ["burn_plugin.cli", "burn_plugin.settings", "burn_plugin.flags", "burn_plugin.docgen", "burn_plugin.core.config",
+         "burn_plugin.backdoorbench.register", "burn_plugin.backdoorbench.commands"]
+
+
+def function_level_imports(path: Path) -> list[int]:
+    """Lines of ``path`` where a function imports from the package."""
+    found = []
+    for fn in ast.walk(ast.parse(path.read_text())):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found += [n.lineno for n in ast.walk(fn)
+                      if (isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").startswith("burn_plugin")))
+                      or (isinstance(n, ast.Import) and any(a.name.startswith("burn_plugin") for a in n.names))]
+    return found
+
+
+def test_only_the_light_modules_import_inside_functions():
+    stray = {module_name(f): lines for f in sorted(PKG.rglob("*.py"))
+             if module_name(f) not in LIGHT and (lines := function_level_imports(f))}
+    assert stray == {}, "import these at module level (no cycle needs deferring; the module is heavy anyway)"
+
+
+def test_the_light_modules_import_no_torch_or_pandas():
+    code = (f"import sys; import {', '.join(LIGHT)}; "
+            "print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PKG.parent).stdout.strip()
+    assert out == "[]"

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.utils.prune as prune
 
-from burn_plugin.bench.models import (build_model, last_linear, list_models, load_weights, strip_module_prefix,
+from burn_plugin.bench.models import (build_model, list_models, load_weights, strip_module_prefix,
                                       unprune_state_dict)
 from burn_plugin.errors import CorruptFileError, ShapeMismatchError, UnknownNameError
+from burn_plugin.core.tensors import find_classifier
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_preactresnet18_state_dict_layout(pre18):
     # children in BackdoorBench's order (NAD/FP index them)
     assert [n for n, _ in pre18.named_children()] == ["conv1", "layer1", "layer2", "layer3", "layer4",
                                                        "avgpool", "linear"]
-    assert last_linear(pre18)[0] == "linear"
+    assert find_classifier(pre18, torch.rand(2, 3, 32, 32))[0] == "linear"
 
 
 @pytest.mark.parametrize("size", [32, 28, 64])
@@ -80,7 +81,7 @@ def test_registry_lists_backdoorbench_names():
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
 def test_torchvision_models_build_with_num_classes(name):
     m = build_model(name, 10)
-    assert last_linear(m)[1].out_features == 10
+    assert find_classifier(m, torch.rand(2, 3, 32, 32))[1].out_features == 10
     m.eval()
     with torch.no_grad():
         assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)

@@ -6,7 +6,12 @@ import contextlib
 import sys
 from collections import Counter
 
-from ..settings import flag, subcommand
+from ..flags import flag, subcommand
+from .register import methods, register, resolve_bb_root, unregister
+from ..errors import BurnError
+from ..fileio import folder_lock
+# Imports of torch-heavy modules sit inside the functions that need them: this module stays free of torch and
+# pandas so that `burn --help` and argument errors answer at once (tests/test_import_cycles.py holds it to that).
 
 
 def _bb_root_flag(p) -> None:
@@ -18,7 +23,6 @@ def _bb_root_flag(p) -> None:
 @subcommand("register", "install the plugin's defenses (BURN, ULRL) into a BackdoorBench checkout "
                         "(defense/<name>.py + config/defense/<name>/)")
 def cmd_register(args) -> int:
-    from .register import methods, register, resolve_bb_root, unregister
 
     root = resolve_bb_root(args.bb_root)
     if args.uninstall:
@@ -49,7 +53,6 @@ cmd_register.configure = _configure_register
 @subcommand("doctor", "check a BackdoorBench checkout: BURN installed, data, records, Python packages")
 def cmd_doctor(args) -> int:
     from .doctor import diagnose, report
-    from .register import resolve_bb_root
 
     lines, code = report(diagnose(resolve_bb_root(args.bb_root)))
     print("\n".join(lines))
@@ -77,8 +80,6 @@ def sweep(args, compare) -> int:
     if args.dry_run or args.status:
         lock = contextlib.nullcontext()
     else:   # one sweep at a time on a checkout: a second one would take the first's live runs, or submit them twice
-        from ..fileio import folder_lock
-        from .register import resolve_bb_root
 
         lock = folder_lock(resolve_bb_root(args.bb_root) / "record", what="burn sweep")
     with lock:
@@ -105,7 +106,6 @@ def _sweep(args, device, progress, quiet, compare) -> int:
 
 def _compare_at_end(args, plan, progress, failed: list, n_runs: int, compare) -> int:
     """The comparison table after a sweep (unless --no-compare); exit status 1 if a run failed."""
-    from ..errors import BurnError
 
     code = 1 if failed else 0
     if not args.no_compare:

@@ -49,8 +49,10 @@ from typing import Any
 
 from ..bench.records import record_dataset, resolve_attack_folder
 from ..errors import BadInputError, quiet_rank, run_reporting_errors
-from ..settings import (IGNORED_BB_KEYS, RUN_KEYS, OneLineErrorParser, add_algorithm_flags, flag, merge_settings,
-                        resolve_yaml)
+from ..flags import OneLineErrorParser, add_algorithm_flags, flag
+from ..settings import IGNORED_BB_KEYS, RUN_KEYS, merge_settings, resolve_yaml
+from ..defend import default_output_name, defend, print_summary, refuse_finished
+from ..defenses import get_defense
 
 METHOD = "burn"
 # BackdoorBench's common defense flags (interface.md 1.3) that BURN accepts and ignores
@@ -87,7 +89,6 @@ class Burn:
     def config_class(cls) -> type:
         """The dataclass of this defense's settings (its registry entry's; BURN's is
         :class:`~burn_plugin.core.config.BurnConfig`)."""
-        from ..defenses import get_defense
 
         return get_defense(cls.name).config_class
 
@@ -184,7 +185,6 @@ class Burn:
                 self._merge(ds)  # the dataset's own default YAML, now that the record says which
         if not self._given("dataset"):  # a YAML's dataset: is a default, the record decides (interface.md 1.4)
             self.args.dataset = record_dataset(folder) or self.args.dataset
-        from ..defend import default_output_name, refuse_finished
 
         out = self._given("output_dir")
         self.save_dir = (Path(out) if Path(out).is_absolute() else self.cwd / out) if out else \
@@ -206,7 +206,6 @@ class Burn:
 
     def mitigation(self) -> dict:
         """Run BURN on the record and write every result file; returns the run summary."""
-        from ..defend import defend
 
         if self.attack_folder is None:
             raise BadInputError("no record given; pass --attack_folder NAME (a folder under record/) or call "
@@ -240,7 +239,6 @@ _BY_NAME: dict[str, type] = {}
 def defense_class(name: str) -> type:
     """The BackdoorBench defense class of registered defense ``name``: :class:`Burn` for ``burn``, else a
     subclass of it carrying the registry's name, label and settings (made once, then reused)."""
-    from ..defenses import get_defense
 
     spec = get_defense(name)
     if name == Burn.name:
@@ -307,7 +305,6 @@ def main(argv=None, cls: type | None = None, method: str | None = None) -> int:
     def run() -> int:
         if not (args.result_file or getattr(args, "attack_folder", None)):
             raise BadInputError("no record given; pass --attack_folder NAME (a folder under record/, or a path)")
-        from ..defend import print_summary
 
         summary = make_defense_class(cls=cls)(args).defense()
         if summary is not None:  # torchrun's other ranks leave the summary to rank 0

@@ -15,8 +15,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bench.datasets import known_dataset
+from ..bench.datasets import get_spec, known_dataset, list_datasets
 from .register import check_bb_root, installed_state
+from ..fileio import load_settings_file
 
 # import name -> (pip name, why)
 BURN_PACKAGES = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "yaml": "pyyaml",
@@ -45,7 +46,6 @@ class Check:
 def _data_layouts() -> dict[str, tuple]:
     """BackdoorBench's on-disk layouts under ``<root>/data/`` (interface.md 3.2), from the dataset registry:
     name -> alternative file sets."""
-    from ..bench.datasets import get_spec, list_datasets
 
     specs = [get_spec(n) for n in list_datasets()]
     return {s.bb_name: s.bb_files for s in specs if s.bb_name and s.bb_files}
@@ -66,7 +66,6 @@ def _data_check(root: Path, name: str, file_sets: tuple, needed: bool) -> Check:
 
 
 def _record_dataset(folder: Path) -> str | None:
-    from ..fileio import load_settings_file
 
     info = folder / "info.pickle"
     try:

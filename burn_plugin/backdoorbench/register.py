@@ -41,8 +41,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..settings import package_data_dir
+from ..settings import defense_yaml_dir, package_data_dir
 from ..errors import ConfigError, CorruptFileError, NotBackdoorBenchRootError, OutputExistsError
+from .. import __version__
+from ..fileio import atomic_write, save_json
+# Imports of torch-heavy modules sit inside the functions that need them: this module stays free of torch and
+# pandas so that `burn --help` and argument errors answer at once (tests/test_import_cycles.py holds it to that).
 
 
 def methods() -> tuple[str, ...]:
@@ -105,7 +109,6 @@ def bundled_script(name: str = "entry.py") -> Path:
 
 def managed_files(method: str = "burn") -> dict[Path, Path]:
     """Relative path in the checkout -> packaged source file, for one method of :func:`methods`."""
-    from ..settings import defense_yaml_dir
 
     files = {script_path(method): bundled_script()}
     d = defense_yaml_dir(method)
@@ -176,8 +179,6 @@ def read_manifest(root: Path, method: str = "burn") -> dict | None:
 
 
 def _write_manifest(root: Path, files: dict[str, str], created_dirs: list[str], method: str = "burn") -> None:
-    from .. import __version__
-    from ..fileio import save_json
 
     data = {"tool": "burn_plugin", "version": __version__, "files": dict(sorted(files.items())),
             "created_dirs": sorted(set(created_dirs))}
@@ -191,7 +192,6 @@ def _write_manifest(root: Path, files: dict[str, str], created_dirs: list[str], 
 
 
 def _copy(src: Path, dest: Path) -> None:
-    from ..fileio import atomic_write
 
     atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
 

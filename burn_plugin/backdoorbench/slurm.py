@@ -37,6 +37,7 @@ from pathlib import Path
 
 from ..errors import BadInputError, BurnError, CorruptFileError, run_reporting_errors
 from .sweep import AttackInfo, SweepPlan, SweepRun, execute, is_done, result_state
+from ..fileio import save_json, save_text
 
 #: the Slurm commands (names on PATH)
 SBATCH, SQUEUE = "sbatch", "squeue"
@@ -234,7 +235,6 @@ def run_states(plan: SweepPlan) -> list[tuple[SweepRun, str, str]]:
 
 def submit(plan: SweepPlan, opts: SlurmOptions, *, say=print) -> tuple[str | None, list[SweepRun]]:
     """Submit every run that is neither done nor in the queue as one job array; returns (job id, runs)."""
-    from ..fileio import save_json, save_text
 
     opts.check()
     check_script_path(plan.root, "--bb-root")  # written into the array script: refused before anything is written

@@ -52,11 +52,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..bench.datasets import known_dataset
+from ..bench.datasets import (backdoorbench_datasets, choose_clean_index, get_spec, index_text, known_dataset,
+                              list_datasets)
 from ..bench.runs import find_attack_folders, read_run_json
 from ..errors import BadInputError, BurnError, RecordNotFoundError, UnknownNameError, UntrustedFileError
-from ..fileio import finish_run, finished_here, folder_lock, start_run, started_here
+from ..fileio import (finish_run, finished_here, folder_lock, load_settings_file, save_json, save_text, start_run,
+                      started_here, torch_load)
 from ..registry import Registry
+from .register import resolve_bb_root
+from ..defenses import all_defenses
 
 #: the standalone runner launched with BackdoorBench's interpreter
 RUNNER = Path(__file__).resolve().with_name("bb_runner.py")
@@ -99,7 +103,6 @@ for _spec in (
 def _add_plugin_defenses() -> None:
     """The plugin's defenses (:mod:`burn_plugin.defenses`; run through ``burn defend``), after BackdoorBench's
     own: a plugin defense of the same name as one of BackdoorBench's (``ft``) leaves BackdoorBench's in place."""
-    from ..defenses import all_defenses
 
     for d in all_defenses():
         if d.name not in DEFENSES:
@@ -254,7 +257,6 @@ def find_bb_attack(root: Path, name: str) -> Path:
 
 def read_attack_info(folder: Path, *, dataset: str | None, model: str | None, trusted: bool) -> AttackInfo:
     """Dataset, model name and clean-train size of a record, from ``info.pickle`` / ``attack_result.pt``."""
-    from ..fileio import load_settings_file, torch_load
 
     def refuse(path: Path) -> UntrustedFileError:
         # BackdoorBench's defenses would unpickle the file in full and run that code: refuse the record
@@ -313,7 +315,6 @@ def read_attack_info(folder: Path, *, dataset: str | None, model: str | None, tr
 
 
 def _train_size(bb_name: str | None) -> int | None:
-    from ..bench.datasets import get_spec, list_datasets
 
     sizes = {get_spec(n).bb_name: get_spec(n).train_size for n in list_datasets() if get_spec(n).bb_name}
     return sizes.get(bb_name)
@@ -334,7 +335,6 @@ def plan_index(info: AttackInfo, *, index: str | None, ratio: float, seed: int) 
     """Fill ``info.index*``: the given ``--index`` (checked) or the sweep's own file (drawn, not written yet)."""
     import numpy as np
 
-    from ..bench.datasets import choose_clean_index, index_text
 
     if index:
         path = Path(index).expanduser().absolute()
@@ -361,7 +361,6 @@ def plan_index(info: AttackInfo, *, index: str | None, ratio: float, seed: int) 
 def result_state(defense_dir: Path) -> str:
     """``ok`` (a non-empty dict), ``empty`` (BackdoorBench's NaN marker or a 0-byte file),
     ``missing`` or ``unreadable``."""
-    from ..fileio import torch_load
 
     f = Path(defense_dir) / "defense_result.pt"
     if not f.is_file():
@@ -436,8 +435,6 @@ def plan_sweep(bb_root, *, attacks=None, defenses=None, device: str = "cpu", fas
                ratio: float = 0.05, index: str | None = None, seed: int = 0, rerun: bool = False,
                trusted: bool = False) -> SweepPlan:
     """Check everything and decide every run (nothing is written)."""
-    from ..bench.datasets import backdoorbench_datasets
-    from .register import resolve_bb_root
 
     names = parse_defenses(defenses)  # a bad name is reported before the checkout is even looked at
     root = resolve_bb_root(bb_root)
@@ -527,7 +524,6 @@ def data_used(run: SweepRun, plan: SweepPlan) -> str | None:
 
 
 def write_run_files(run: SweepRun, plan: SweepPlan, started: str, ended: str) -> None:
-    from ..fileio import save_json
 
     info = run.attack
     record = {
@@ -659,7 +655,6 @@ def describe_plan(plan: SweepPlan) -> list[str]:
 def run_sweep(plan: SweepPlan, *, dry_run: bool = False, progress: bool = True,
               say: Callable[[str], None] | None = None) -> list[SweepRun]:
     """Run (or, with ``dry_run``, print) every planned run; returns the runs with their outcome."""
-    from ..fileio import save_text
 
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     for line in describe_plan(plan):

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import BadInputError, DataNotFoundError, EmptySelectionError
+from ..errors import BadInputError, BurnError, DataNotFoundError, EmptySelectionError
 from ..registry import Registry
+from ..fileio import load_pickle_bytes
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -215,8 +216,6 @@ def _load_cifar(root: Path, train: bool, hundred: bool):
     import torchvision
     from torchvision.datasets.utils import check_integrity
 
-    from ..errors import BurnError
-    from ..fileio import load_pickle_bytes
 
     base = torchvision.datasets.CIFAR100 if hundred else torchvision.datasets.CIFAR10
     name = "cifar100" if hundred else "cifar10"

@@ -92,17 +92,6 @@ def load_weights(model: nn.Module, state_dict: dict, *, model_name: str = "model
     return model
 
 
-def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The model's final ``nn.Linear`` classifier layer (name, module)."""
-    found = None
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
-            found = (name, mod)
-    if found is None:
-        raise ShapeMismatchError(f"{type(model).__name__} has no nn.Linear classifier layer")
-    return found
-
-
 # ------------------------------------------------------------------------------------------------
 # Pre-activation ResNet (He et al. 2016, "Identity mappings"), state-dict compatible with BackdoorBench
 

@@ -29,6 +29,7 @@ from ..errors import (BadInputError, BurnError, CorruptFileError, RecordNotFound
                       UnknownNameError)
 from ..fileio import load_settings_file, save_torch, torch_load
 from . import datasets as D
+from .models import build_model, load_weights
 
 RECORD_KEYS = ("model_name", "num_classes", "model", "data_path", "img_size", "clean_data", "bd_train", "bd_test")
 STATE_KEYS = ("bd_data_container", "getitem_all", "getitem_all_switch", "original_index_array",
@@ -272,7 +273,6 @@ class AttackRecord:
         return self.folder.name
 
     def build_model(self, model_name: str | None = None) -> torch.nn.Module:
-        from .models import build_model, load_weights
 
         name = model_name or self.model_name
         return load_weights(build_model(name, self.num_classes), self.state_dict, model_name=name,

@@ -40,8 +40,9 @@ from .distributed import Group, chunk_size, current_group
 from .sam import reinitialise, train_detection_model
 from .scores import (PoisonSelection, boundary_score, composite_score, count_of, linear_schedule,
                      prediction_divergence, select)
-from .tensors import Normalize, PixelSpaceModel, predict, set_channels_last
+from .tensors import Normalize, PixelSpaceModel, predict, set_channels_last, to_float
 from .train import NonFiniteLoss, train_epochs
+from .detectors import check_detector_fits, detector_scores
 
 log = logging.getLogger("burn.core")
 
@@ -116,7 +117,6 @@ def poison_scores(frozen: nn.Module, data: BurnData, cfg: BurnConfig, boundary: 
     detection model), ``reference`` the infected model when that is another one."""
     if cfg.detector == "boundary":
         return boundary_score(boundary.distance)
-    from .detectors import detector_scores
 
     return detector_scores(cfg.detector, frozen, data.x, data.y, mean=data.mean, std=data.std,
                            boundary_distance=boundary.distance, adv_label=boundary.adv_label, device=device,
@@ -238,7 +238,6 @@ class _NormalizedView:
         return len(self.x)
 
     def __getitem__(self, s):
-        from .tensors import to_float
 
         with torch.no_grad():
             return self.norm(to_float(self.x[s]))
@@ -280,7 +279,6 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
         counts.append((kp, kc, count_of(kp, n, "k_p"), count_of(kc, n, "k_c") if t > 0 else 0))
 
     if cfg.detector != "boundary":   # a detector that cannot read this model: one line, before any work
-        from .detectors import check_detector_fits
 
         check_detector_fits(cfg.detector, model)
     group = current_group(device)

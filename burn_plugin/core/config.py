@@ -92,6 +92,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import ConfigError
+# Imports of torch-heavy modules sit inside the functions that need them: this module stays free of torch and
+# pandas so that `burn --help` and argument errors answer at once (tests/test_import_cycles.py holds it to that).
 
 #: the largest value an integer setting may take (batch sizes, iterations, neurons ...): far above any
 #: useful run, small enough that a slip such as ``1e23`` is refused at once instead of running forever

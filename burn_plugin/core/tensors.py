@@ -6,7 +6,7 @@ in pixel space, the space the boundary distances are measured in by default.
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn

@@ -17,6 +17,7 @@ from ..bench.records import AttackRecord
 from ..core.config import BurnConfig
 from ..fileio import FileBoundaryCache, FileCheckpoint, boundary_cache_folder, save_csv, save_npz
 from .registry import defense
+from ..core.burn import BurnData, check_resumable, run_burn
 
 log = logging.getLogger("burn")
 
@@ -38,7 +39,6 @@ def output_name(config) -> str:
 def check_resume(saved: dict, config) -> None:
     """``--resume``: a checkpoint made with other settings is reported before any work (``run_burn``
     checks the model and data again when it starts)."""
-    from ..core.burn import check_resumable
 
     if isinstance(config, BurnConfig):
         check_resumable(saved, config, saved.get("run_key", ""))
@@ -110,7 +110,6 @@ def describe(config: dict) -> list[str]:
          output_name=output_name, check_resume=check_resume, summary_lines=summary_lines, describe=describe)
 def run(*, record: AttackRecord, model, config, device, evaluator, out: Path, resume: bool, progress: bool,
           extra: dict) -> dict:
-    from ..core.burn import BurnData, run_burn
 
     cfg = config or BurnConfig()
     train = record.tensors("bd_train")

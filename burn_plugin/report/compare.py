@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from ..bench.figures import plot_defense_folder
-from ..bench.metrics import evaluate_model
+from ..bench.metrics import der, evaluate_model, rir
 from ..bench.runs import attack_dir, find_attack_folders, find_defense_folders, load_defense_model, read_run_json
 from ..defenses import _DEFENSES
 from ..errors import BadInputError, BurnError
@@ -48,6 +48,8 @@ from . import across
 from . import plots as P
 # NO_DEFENSE and display_name are also imported from here by tests
 from .runs import NO_DEFENSE, display_name, labels_of, md_escape, order_defenses  # noqa: F401
+from ..bench.records import load_record
+from ..fileio import save_csv, save_text
 
 log = logging.getLogger("burn")
 
@@ -206,7 +208,6 @@ def gather_results(root: str | os.PathLike, *, attacks=None, defenses=None, reev
     ``reevaluate=False`` reads only the CSV files (no model is built, no data loaded).
     Columns: :data:`TIDY_COLUMNS`.
     """
-    from ..bench.metrics import der, rir
 
     say = progress or (lambda msg: None)
     attack_dirs = find_attack_folders(root)
@@ -228,7 +229,6 @@ def gather_results(root: str | os.PathLike, *, attacks=None, defenses=None, reev
         if reevaluate:
             say(f"{adir.name}: loading the record")
             try:
-                from ..bench.records import load_record
 
                 record = load_record(adir, trusted=trusted, dataset_path=dataset_path)
             except BurnError as exc:
@@ -592,7 +592,6 @@ def write_comparison(df: pd.DataFrame, out_dir: str | os.PathLike, *, metrics=No
     :mod:`.across`) and, with plots over several attacks, ``radar_by_defense`` (Fig. 4 as the paper
     draws it) and ``roc_by_attack`` (Fig. 5). Returns ``{"tables": [...], "plots": [...]}``.
     """
-    from ..fileio import save_csv, save_text
 
     out = Path(out_dir)
     md = render_markdown(df, metrics)
@@ -631,7 +630,6 @@ def _write_across_attacks(df: pd.DataFrame, out: Path, root: Path, plots: bool) 
     """BURN's detection table (the paper's Table 1 and more; :mod:`.across`) and, over two or more attacks,
     the paper's Fig. 4 (one radar per defense, the attacks as axes) and Fig. 5 (every attack's ROC of
     l(x) in one figure)."""
-    from ..fileio import save_csv, save_text
 
     tables, written = [], []
     det = across.detection_table(df, root)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ...errors import ConfigError, CorruptFileError, EmptySelectionError
 from ...registry import Registry
+from ...core.config import integer_setting
 
 #: the largest trigger/mask image accepted, per side: the image is resized to the dataset's (at most
 #: 64x64 here) anyway, and a bigger header is a mistake or a decompression bomb
@@ -40,7 +41,6 @@ class Attack:
     info_name: str | None = None   # the ``attack`` BackdoorBench writes into info.pickle, where it differs
 
     def __init__(self, **params):
-        from ...core.config import integer_setting
 
         for k, (typ, default, _help) in self.PARAMS.items():
             v = params.get(k, default)

@@ -76,6 +76,8 @@ import torch.nn.functional as F
 
 from ...errors import EmptySelectionError
 from .base import Attack, bd_label_fn, register_attack
+from ..models import build_model
+from ...core.tensors import PixelSpaceModel
 
 log = logging.getLogger("burn.attack")
 
@@ -349,8 +351,6 @@ class InputAware(Attack):
         return f"{ctx.spec.name}_{s.model}_{ctx.clean_model_key()}_{hashlib.sha256(extra.encode()).hexdigest()[:12]}"
 
     def prepare(self, ctx) -> None:
-        from ...core.tensors import PixelSpaceModel
-        from ..models import build_model
 
         self._ctx, s, spec = ctx, ctx.settings, ctx.spec
         self.seed = int(s.random_seed)

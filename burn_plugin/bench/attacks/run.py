@@ -17,13 +17,15 @@ import torch
 
 from ...core.tensors import PixelSpaceModel
 from ...core.train import train_epochs
-from ...errors import ConfigError, OutputExistsError
-from ...fileio import folder_lock, save_csv, save_json, save_torch
+from ...errors import BurnError, ConfigError, OutputExistsError
+from ...fileio import folder_lock, save_csv, save_json, save_torch, torch_load
 from .. import datasets as D
 from ..metrics import as_metric_row, evaluate, summarize
 from ..models import build_model
 from ..records import SplitTensors, make_state, save_record, write_poisoned_split
 from .base import _subset, bd_label_fn, check_image, get_attack, list_attacks
+from ...core.burn import state_hash
+from ...core.config import integer_setting
 
 log = logging.getLogger("burn.attack")
 
@@ -54,7 +56,7 @@ class AttackSettings:
     eval_every_epoch: bool = True  # False: test metrics only after the last epoch (quick runs)
     extra: dict = field(default_factory=dict)
 
-    #: ``burn attack``'s flags (:func:`burn_plugin.settings.add_settings_flags`): field -> help, the default
+    #: ``burn attack``'s flags (:func:`burn_plugin.flags.add_settings_flags`): field -> help, the default
     #: added from the field; a field without a help text is set from Python only
     _HELP = {
         "model": "model name from the zoo; `burn info --models` lists them",
@@ -93,7 +95,6 @@ class AttackSettings:
         """Every number checked up front, before any file is read or written: ``pratio`` a share in (0, 1]
         (NaN, Inf, negative and > 1 refused), integers at most their bound (``--epochs 1e23`` would train
         forever), the trigger image's header sane (see :func:`~.base.open_image`)."""
-        from ...core.config import integer_setting
 
         p = self.pratio
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not (math.isfinite(p) and 0 < p <= 1):
@@ -152,7 +153,6 @@ class AttackContext:
 
     def clean_model_key(self) -> str:
         """What the clean helper model depends on: dataset, model, seed, training settings and samples."""
-        from ...core.burn import state_hash
 
         s = self.settings
         return state_hash(torch.from_numpy(np.asarray(self.visible, dtype=np.int64)),
@@ -162,8 +162,6 @@ class AttackContext:
     def cached(self, name: str, make):
         """``make()``'s result (tensors, numpy arrays, plain data), kept as ``cache_dir/name`` and reused
         by later attacks; an entry that cannot be read safely is made again."""
-        from ...errors import BurnError
-        from ...fileio import torch_load
 
         f = self.cache_dir / name
         if f.is_file():

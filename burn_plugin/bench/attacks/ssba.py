@@ -63,6 +63,7 @@ import torch.nn.functional as F
 
 from ...errors import ConfigError
 from .base import Attack, load_npy, register_attack
+from ...core.burn import state_hash
 
 log = logging.getLogger("burn.attack")
 
@@ -239,7 +240,6 @@ class SSBA(Attack):
                 raise ConfigError(f"--{k} must be positive, got {getattr(self, k)}")
         if self.residual_bound <= 0:
             raise ConfigError(f"--residual_bound must be positive, got {self.residual_bound}")
-        from ...core.burn import state_hash
 
         s, spec = ctx.settings, ctx.spec
         hyper = (spec.name, s.random_seed, self.secret_bits, self.encoder_steps, self.encoder_batch_size,

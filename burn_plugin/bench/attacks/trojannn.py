@@ -35,6 +35,7 @@ import hashlib
 import numpy as np
 import torch
 
+from ...core.tensors import find_classifier
 from .base import Attack, _load_image, register_attack
 
 EPS, ALPHA, TOLERANCE = 0.3, 0.1, 1e-3
@@ -108,8 +109,6 @@ class TrojanNN(Attack):
                f"{self.mask_update_iters}")
 
         def make() -> np.ndarray:
-            from ...core.tensors import find_classifier
-
             model = ctx.clean_model()
             start = torch.from_numpy(m).float()[None, None].expand(1, 3, h, w).contiguous()
             _, layer = find_classifier(model, start)
