@@ -88,7 +88,6 @@ def process_group(device: str, method: str):
         return
     import torch.distributed as dist
 
-
     if not get_defense(method).distributed:
         which = ", ".join(d.display for d in all_defenses() if d.distributed)
         raise ConfigError(f"--method {method} runs in one process; start it with `burn defend`, not torchrun "
@@ -166,7 +165,6 @@ def versions() -> dict:
     thread count (they set the order of float sums), so that two runs of one config that disagree can
     be told apart."""
     import torchvision
-
 
     return {"burn_plugin": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "numpy": np.__version__, "platform": platform.platform(),

@@ -26,7 +26,6 @@ DEMO_FT = dict(epochs=5)
 
 
 def run_demo(out: Path, *, progress: bool = True, device: str = "cpu", say=print) -> dict:
-
     out = Path(out)
     record_root = out / "record"
     folder = record_root / "badnet_demo"

@@ -23,7 +23,6 @@ def _bb_root_flag(p) -> None:
 @subcommand("register", "install the plugin's defenses (BURN, ULRL) into a BackdoorBench checkout "
                         "(defense/<name>.py + config/defense/<name>/)")
 def cmd_register(args) -> int:
-
     root = resolve_bb_root(args.bb_root)
     if args.uninstall:
         actions = unregister(root, force=args.force)

@@ -66,7 +66,6 @@ def _data_check(root: Path, name: str, file_sets: tuple, needed: bool) -> Check:
 
 
 def _record_dataset(folder: Path) -> str | None:
-
     info = folder / "info.pickle"
     try:
         ds = load_settings_file(info).get("dataset") if info.is_file() else None

@@ -179,7 +179,6 @@ def read_manifest(root: Path, method: str = "burn") -> dict | None:
 
 
 def _write_manifest(root: Path, files: dict[str, str], created_dirs: list[str], method: str = "burn") -> None:
-
     data = {"tool": "burn_plugin", "version": __version__, "files": dict(sorted(files.items())),
             "created_dirs": sorted(set(created_dirs))}
     path = root / manifest_path(method)
@@ -192,7 +191,6 @@ def _write_manifest(root: Path, files: dict[str, str], created_dirs: list[str], 
 
 
 def _copy(src: Path, dest: Path) -> None:
-
     atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
 
 

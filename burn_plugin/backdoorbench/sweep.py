@@ -315,7 +315,6 @@ def read_attack_info(folder: Path, *, dataset: str | None, model: str | None, tr
 
 
 def _train_size(bb_name: str | None) -> int | None:
-
     sizes = {get_spec(n).bb_name: get_spec(n).train_size for n in list_datasets() if get_spec(n).bb_name}
     return sizes.get(bb_name)
 
@@ -334,7 +333,6 @@ def choose_yaml(root: Path, defense: str, dataset: str) -> str:
 def plan_index(info: AttackInfo, *, index: str | None, ratio: float, seed: int) -> None:
     """Fill ``info.index*``: the given ``--index`` (checked) or the sweep's own file (drawn, not written yet)."""
     import numpy as np
-
 
     if index:
         path = Path(index).expanduser().absolute()
@@ -524,7 +522,6 @@ def data_used(run: SweepRun, plan: SweepPlan) -> str | None:
 
 
 def write_run_files(run: SweepRun, plan: SweepPlan, started: str, ended: str) -> None:
-
     info = run.attack
     record = {
         "written_by": "burn sweep", "attack": info.name, "defense": run.defense, "runner": run.runner,

@@ -216,7 +216,6 @@ def _load_cifar(root: Path, train: bool, hundred: bool):
     import torchvision
     from torchvision.datasets.utils import check_integrity
 
-
     base = torchvision.datasets.CIFAR100 if hundred else torchvision.datasets.CIFAR10
     name = "cifar100" if hundred else "cifar10"
     folder = root / base.base_folder

@@ -273,7 +273,6 @@ class AttackRecord:
         return self.folder.name
 
     def build_model(self, model_name: str | None = None) -> torch.nn.Module:
-
         name = model_name or self.model_name
         return load_weights(build_model(name, self.num_classes), self.state_dict, model_name=name,
                             source=f"record {self.folder}")

@@ -238,7 +238,6 @@ class _NormalizedView:
         return len(self.x)
 
     def __getitem__(self, s):
-
         with torch.no_grad():
             return self.norm(to_float(self.x[s]))
 

@@ -110,7 +110,6 @@ def describe(config: dict) -> list[str]:
          output_name=output_name, check_resume=check_resume, summary_lines=summary_lines, describe=describe)
 def run(*, record: AttackRecord, model, config, device, evaluator, out: Path, resume: bool, progress: bool,
           extra: dict) -> dict:
-
     cfg = config or BurnConfig()
     train = record.tensors("bd_train")
     data = BurnData(x=train.x, y=train.label, mean=record.spec.mean3, std=record.spec.std3, hflip=record.spec.hflip)

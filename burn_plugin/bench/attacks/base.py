@@ -41,7 +41,6 @@ class Attack:
     info_name: str | None = None   # the ``attack`` BackdoorBench writes into info.pickle, where it differs
 
     def __init__(self, **params):
-
         for k, (typ, default, _help) in self.PARAMS.items():
             v = params.get(k, default)
             if v is not None and typ is int:   # bounded up front: --encoder_steps 1e23 is refused, not run

@@ -351,7 +351,6 @@ class InputAware(Attack):
         return f"{ctx.spec.name}_{s.model}_{ctx.clean_model_key()}_{hashlib.sha256(extra.encode()).hexdigest()[:12]}"
 
     def prepare(self, ctx) -> None:
-
         self._ctx, s, spec = ctx, ctx.settings, ctx.spec
         self.seed = int(s.random_seed)
         ch = 1 if spec.channels == 1 else 3
