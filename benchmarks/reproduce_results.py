@@ -13,6 +13,11 @@ step stops its record's chain (the others go on) and the script exits 1.
     python benchmarks/reproduce_results.py --dry-run                   # print the plan, run nothing
     python benchmarks/reproduce_results.py --root record --lanes 2 --threads 1
     python benchmarks/reproduce_results.py --records badnet_fm,blended_fm --detectors spectral,scan
+    python benchmarks/reproduce_results.py --set 20k --root record20k    # docs/results/burn_20k
+
+``--set 20k`` is the recipe of ``docs/results/burn_20k``: thirteen records of 20,000 training images (15
+epochs), each defended by BURN with the paper's loop and with the SCAn configurations of that page
+(``RUNS_20K``), then ``burn compare`` over those runs alone.
 
 ``--lanes 2 --threads 1`` runs two records at a time with one thread each, the right use of a 2-core
 CPU (two 2-thread torch jobs there thrash). On that CPU a record with its four defenses takes 1-2
@@ -46,6 +51,26 @@ RECORDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "wanet_fm": ("wanet", ()),
     "inputaware10g10_fm": ("inputaware", ("--epochs", "10", "--generator_epochs", "10")),
 }
+#: docs/results/burn_20k: record folder -> (attack, extra ``burn attack`` arguments); ``_r``: made again
+#: with another target class, poison ratio and seed
+RECORDS_20K: dict[str, tuple[str, tuple[str, ...]]] = {
+    **{a: (a, ("--target", "0", "--pratio", "0.1")) for a in ("badnet", "blended", "lf", "wanet", "ssba", "trojannn")},
+    "sig": ("sig", ("--target", "0", "--pratio", "0.09")),    # clean-label: only the target class can be poisoned
+    "lc": ("lc", ("--target", "0", "--pratio", "0.09")),
+    "inputaware": ("inputaware", ("--target", "0", "--pratio", "0.1", "--generator_epochs", "10")),
+    "badnet_r": ("badnet", ("--target", "3", "--pratio", "0.05", "--random_seed", "11")),
+    "blended_r": ("blended", ("--target", "7", "--pratio", "0.15", "--random_seed", "12")),
+    "sig_r": ("sig", ("--target", "5", "--pratio", "0.08", "--random_seed", "13")),
+    "wanet_r": ("wanet", ("--target", "2", "--pratio", "0.12", "--random_seed", "14")),
+}
+_SCAN = ("--detector", "scan", "--clean_selection", "per_label", "--clean_ranking", "boundary", "--clean_veto", "20",
+         "--suspect_side", "decisive")
+#: docs/results/burn_20k's runs: result folder -> ``burn defend`` flags (all box-aware, evaluated at the end)
+RUNS_20K: dict[str, tuple[str, ...]] = {
+    "paper": (),
+    "rule7": (*_SCAN, "--k_pT", "5"),
+    "rule10": (*_SCAN, "--k_pT", "10", "--k_c0", "10", "--k_cT", "20"),
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +91,20 @@ def _defense(record: str, root: Path, name: str, *flags: str) -> Step:
     out = root / record / "defense" / name
     return Step(record, name, ("burn", "-q", "defend", "--attack_folder", str(root / record),
                                "--output_dir", str(out), *flags), out / "run.json", "*_df_summary.csv")
+
+
+def plan_20k(root: Path, records: list[str]) -> list[Step]:
+    """Every step of ``--set 20k`` for ``records``, record by record in order."""
+    steps = []
+    for record in records:
+        attack, extra = RECORDS_20K[record]
+        folder = root / record
+        steps.append(Step(record, "attack", ("burn", "-q", "attack", "--dataset", "fashionmnist", "--attack", attack,
+                                             "--model", "smallresnet", "--train_subset", "20000", "--epochs", "15",
+                                             *extra, "--out", str(folder)), folder / "attack_result.pt"))
+        steps += [_defense(record, root, name, "--box_aware", "true", "--eval_every_round", "false", *flags)
+                  for name, flags in RUNS_20K.items()]
+    return steps
 
 
 def plan(root: Path, records: list[str], detectors: list[str], dataset: str = "fashionmnist") -> list[Step]:
@@ -91,8 +130,9 @@ def plan(root: Path, records: list[str], detectors: list[str], dataset: str = "f
     return steps
 
 
-def compare_argv(root: Path) -> tuple[str, ...]:
-    return ("burn", "-q", "compare", str(root), "--no-reevaluate", "--metrics", "acc,asr,ra",
+def compare_argv(root: Path, defenses: tuple[str, ...] = ()) -> tuple[str, ...]:
+    only = ("--defenses", ",".join(defenses)) if defenses else ()
+    return ("burn", "-q", "compare", str(root), *only, "--no-reevaluate", "--metrics", "acc,asr,ra",
             "--out", str(root / "comparison"))
 
 
@@ -157,9 +197,12 @@ def preflight() -> str:
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", choices=("60k", "20k"), default="60k", dest="which",
+                    help="60k: the README's nine records and defenses (default); 20k: docs/results/burn_20k")
     ap.add_argument("--root", default="record", help="record folder to fill (default ./record)")
-    ap.add_argument("--records", default=",".join(RECORDS),
-                    help=f"comma list of records to rebuild (default all: {','.join(RECORDS)})")
+    ap.add_argument("--records", default=None,
+                    help=f"comma list of records to rebuild (default all: {','.join(RECORDS)}; with --set 20k "
+                         f"{','.join(RECORDS_20K)})")
     ap.add_argument("--detectors", default="spectral",
                     help="BURN runs with these detectors besides the paper's (comma list; '' for none; "
                          "default spectral)")
@@ -171,21 +214,26 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    records = [r for r in args.records.split(",") if r]
-    unknown = [r for r in records if r not in RECORDS]
+    known = RECORDS_20K if args.which == "20k" else RECORDS
+    records = [r for r in (args.records or ",".join(known)).split(",") if r]
+    unknown = [r for r in records if r not in known]
     if unknown:
-        print(f"error: unknown record(s) {', '.join(unknown)}; choose from {', '.join(RECORDS)}", file=sys.stderr)
+        print(f"error: unknown record(s) {', '.join(unknown)} in --set {args.which}; choose from "
+              f"{', '.join(known)}", file=sys.stderr)
         return 2
     if args.lanes < 1 or args.threads < 1:
         print("error: --lanes and --threads must be 1 or more", file=sys.stderr)
         return 2
     root = Path(args.root)
-    steps = plan(root, records, [d for d in args.detectors.split(",") if d])
+    twenty = args.which == "20k"
+    steps = plan_20k(root, records) if twenty else plan(root, records, [d for d in args.detectors.split(",") if d])
+    compare = compare_argv(root, tuple(RUNS_20K) if twenty else ())
     if args.dry_run:
         for s in steps:
             print(f"{'done' if s.is_done() else 'todo'}  {shlex.join(s.argv)}")
-        print(f"then  {shlex.join(compare_argv(root))}")
-        print(f"then  {shlex.join(detector_table_argv(root, records))}")
+        print(f"then  {shlex.join(compare)}")
+        if not twenty:
+            print(f"then  {shlex.join(detector_table_argv(root, records))}")
         return 0
     problem = preflight()
     if problem:
@@ -197,8 +245,8 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(max_workers=args.lanes) as pool:
         failed = [f for fs in pool.map(lambda c: run_chain(c, logs, args.threads), chains) for f in fs]
     with open(logs / "compare.log", "w") as fh:
-        rc = subprocess.run(compare_argv(root), stdout=fh, stderr=subprocess.STDOUT).returncode
-    measured = [r for r in records if (logs / f"detectors_{r}.json").is_file()]
+        rc = subprocess.run(compare, stdout=fh, stderr=subprocess.STDOUT).returncode
+    measured = [r for r in records if (logs / f"detectors_{r}.json").is_file()] if not twenty else []
     rc_table = 0
     if measured:
         with open(logs / "detector_table.log", "w") as fh:

@@ -169,8 +169,11 @@ def test_reproduce_plan_commands_parse_and_done_steps_are_skipped(tmp_path, caps
     steps = rr.plan(root, list(rr.RECORDS), ["spectral", "scan"])
     parser = build_parser()
     finals = [rr.Step("-", "compare", rr.compare_argv(root), root),
+              rr.Step("-", "compare", rr.compare_argv(root, tuple(rr.RUNS_20K)), root),
               rr.Step("-", "table", rr.detector_table_argv(root, list(rr.RECORDS)), root)]
-    for s in steps + finals:
+    steps_20k = rr.plan_20k(root, list(rr.RECORDS_20K))
+    assert len(steps_20k) == len(rr.RECORDS_20K) * (1 + len(rr.RUNS_20K))
+    for s in steps + steps_20k + finals:
         if s.argv[0] == "burn":
             args = parser.parse_args(list(s.argv[1:]))
             if args.command == "attack":
