@@ -621,6 +621,8 @@ def test_burn_settings_name_the_run_alike_on_every_attack():
     assert names("b", {"method": "burn", "config": paper, "label": "Mine", "named_settings": ["fast"]},
                  set()) == ("burn[fast]", "Mine[fast]")
     assert names("sau", {}, set()) == ("sau", "SAU")    # BackdoorBench's own defenses write no run.json
+    # a run of a defense that is not installed now (a plugin removed since): its folder, not an error
+    assert names("toy_old", {"method": "toy_gone", "config": {"scale": 2}}, set()) == ("toy_old", "toy_old")
 
 
 def test_roc_takes_the_boundary_run_most_attacks_share(tmp_path):

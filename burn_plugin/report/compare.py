@@ -42,7 +42,7 @@ import pandas as pd
 from ..bench.figures import plot_defense_folder
 from ..bench.metrics import der, evaluate_model, rir
 from ..bench.runs import attack_dir, find_attack_folders, find_defense_folders, load_defense_model, read_run_json
-from ..defenses import _DEFENSES
+from ..defenses import get_defense, list_defenses
 from ..errors import BadInputError, BurnError
 from . import across
 from . import plots as P
@@ -88,7 +88,7 @@ def table_name(folder_name: str, run: dict, taken: set) -> tuple[str, str]:
     (``BURN[scan, veto 20%]``). Both come from ``run.json`` (``label``, ``named_settings``, written by
     :func:`burn_plugin.defend.defend` from the registry); for an older run, from the registry now."""
     method = run.get("method") if isinstance(run.get("method"), str) else None
-    spec = _DEFENSES.get(method) if method else None
+    spec = get_defense(method) if method in list_defenses() else None   # a run of a defense not installed now: none
     parts = run.get("named_settings")
     if not isinstance(parts, list):
         config = run.get("config") if isinstance(run.get("config"), dict) else {}
