@@ -35,17 +35,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import __version__
 from .bench.figures import plot_defense_folder
 from .bench.metrics import METRIC_COLUMNS, as_metric_row, evaluate, summarize
 from .bench.records import AttackRecord, load_record
+from .core.distributed import join_process_group
 from .core.tensors import PixelSpaceModel
 from .defenses import all_defenses, get_defense
 from .errors import (RENDEZVOUS_TIMEOUT_VAR, BurnError, ConfigError, OutputExistsError, OutputNotWritableError,
                      RankFailedError, stray_torchrun_variables, torchrun_env, torchrun_world)
 from .fileio import (FileCheckpoint, finish_run, folder_lock, save_csv, save_json, save_torch, start_run,
                      started_here, writable_folder)
-from . import __version__
-from .core.distributed import join_process_group
 
 log = logging.getLogger("burn")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from .bench.attacks import AttackSettings, run_attack
 from .bench.figures import plot_defense_folder
-from .defenses.ft import FTConfig
 from .core.config import BurnConfig
 from .defend import defend
+from .defenses.ft import FTConfig
 from .report.compare import gather_results, render_markdown, write_comparison
 
 DEMO_ATTACK = dict(attack="badnet", dataset="fashionmnist", model="smallresnet", pratio=0.1, attack_target=0,

@@ -6,10 +6,10 @@ import contextlib
 import sys
 from collections import Counter
 
-from ..flags import flag, subcommand
-from .register import methods, register, resolve_bb_root, unregister
 from ..errors import BurnError
 from ..fileio import folder_lock
+from ..flags import flag, subcommand
+from .register import methods, register, resolve_bb_root, unregister
 # Imports of torch-heavy modules sit inside the functions that need them: this module stays free of torch and
 # pandas so that `burn --help` and argument errors answer at once (tests/test_import_cycles.py holds it to that).
 

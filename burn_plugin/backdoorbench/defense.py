@@ -48,11 +48,11 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.records import record_dataset, resolve_attack_folder
+from ..defend import default_output_name, defend, print_summary, refuse_finished
+from ..defenses import get_defense
 from ..errors import BadInputError, quiet_rank, run_reporting_errors
 from ..flags import OneLineErrorParser, add_algorithm_flags, flag
 from ..settings import IGNORED_BB_KEYS, RUN_KEYS, merge_settings, resolve_yaml
-from ..defend import default_output_name, defend, print_summary, refuse_finished
-from ..defenses import get_defense
 
 METHOD = "burn"
 # BackdoorBench's common defense flags (interface.md 1.3) that BURN accepts and ignores

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..bench.datasets import get_spec, known_dataset, list_datasets
-from .register import check_bb_root, installed_state
 from ..fileio import load_settings_file
+from .register import check_bb_root, installed_state
 
 # import name -> (pip name, why)
 BURN_PACKAGES = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "yaml": "pyyaml",

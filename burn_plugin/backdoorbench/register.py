@@ -41,10 +41,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..settings import defense_yaml_dir, package_data_dir
-from ..errors import ConfigError, CorruptFileError, NotBackdoorBenchRootError, OutputExistsError
 from .. import __version__
+from ..errors import ConfigError, CorruptFileError, NotBackdoorBenchRootError, OutputExistsError
 from ..fileio import atomic_write, save_json
+from ..settings import defense_yaml_dir, package_data_dir
 # Imports of torch-heavy modules sit inside the functions that need them: this module stays free of torch and
 # pandas so that `burn --help` and argument errors answer at once (tests/test_import_cycles.py holds it to that).
 

@@ -36,8 +36,8 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import BadInputError, BurnError, CorruptFileError, run_reporting_errors
-from .sweep import AttackInfo, SweepPlan, SweepRun, execute, is_done, result_state
 from ..fileio import save_json, save_text
+from .sweep import AttackInfo, SweepPlan, SweepRun, execute, is_done, result_state
 
 #: the Slurm commands (names on PATH)
 SBATCH, SQUEUE = "sbatch", "squeue"

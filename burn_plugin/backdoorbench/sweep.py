@@ -55,12 +55,12 @@ from typing import Callable, Sequence
 from ..bench.datasets import (backdoorbench_datasets, choose_clean_index, get_spec, index_text, known_dataset,
                               list_datasets)
 from ..bench.runs import find_attack_folders, read_run_json
+from ..defenses import all_defenses
 from ..errors import BadInputError, BurnError, RecordNotFoundError, UnknownNameError, UntrustedFileError
 from ..fileio import (finish_run, finished_here, folder_lock, load_settings_file, save_json, save_text, start_run,
                       started_here, torch_load)
 from ..registry import Registry
 from .register import resolve_bb_root
-from ..defenses import all_defenses
 
 #: the standalone runner launched with BackdoorBench's interpreter
 RUNNER = Path(__file__).resolve().with_name("bb_runner.py")

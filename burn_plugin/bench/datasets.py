@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 from ..errors import BadInputError, BurnError, DataNotFoundError, EmptySelectionError
-from ..registry import Registry
 from ..fileio import load_pickle_bytes
+from ..registry import Registry
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -36,13 +36,13 @@ import torch.nn.functional as F
 from ..errors import NonFiniteLossError, ResumeMismatchError
 from .boundary import BoundaryResult, boundary_distances
 from .config import BurnConfig
+from .detectors import check_detector_fits, detector_scores
 from .distributed import Group, chunk_size, current_group
 from .sam import reinitialise, train_detection_model
 from .scores import (PoisonSelection, boundary_score, composite_score, count_of, linear_schedule,
                      prediction_divergence, select)
 from .tensors import Normalize, PixelSpaceModel, predict, set_channels_last, to_float
 from .train import NonFiniteLoss, train_epochs
-from .detectors import check_detector_fits, detector_scores
 
 log = logging.getLogger("burn.core")
 

@@ -14,10 +14,10 @@ import numpy as np
 from ..bench.detection import confusion_row, detection_report
 from ..bench.metrics import METRIC_COLUMNS
 from ..bench.records import AttackRecord
+from ..core.burn import BurnData, check_resumable, run_burn
 from ..core.config import BurnConfig
 from ..fileio import FileBoundaryCache, FileCheckpoint, boundary_cache_folder, save_csv, save_npz
 from .registry import defense
-from ..core.burn import BurnData, check_resumable, run_burn
 
 log = logging.getLogger("burn")
 

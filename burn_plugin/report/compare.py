@@ -41,15 +41,15 @@ import pandas as pd
 
 from ..bench.figures import plot_defense_folder
 from ..bench.metrics import der, evaluate_model, rir
+from ..bench.records import load_record
 from ..bench.runs import attack_dir, find_attack_folders, find_defense_folders, load_defense_model, read_run_json
 from ..defenses import get_defense, list_defenses
 from ..errors import BadInputError, BurnError
+from ..fileio import save_csv, save_text
 from . import across
 from . import plots as P
 # NO_DEFENSE and display_name are also imported from here by tests
 from .runs import NO_DEFENSE, display_name, labels_of, md_escape, order_defenses  # noqa: F401
-from ..bench.records import load_record
-from ..fileio import save_csv, save_text
 
 log = logging.getLogger("burn")
 

@@ -19,9 +19,9 @@ from typing import Callable
 
 import numpy as np
 
+from ...core.config import integer_setting
 from ...errors import ConfigError, CorruptFileError, EmptySelectionError
 from ...registry import Registry
-from ...core.config import integer_setting
 
 #: the largest trigger/mask image accepted, per side: the image is resized to the dataset's (at most
 #: 64x64 here) anyway, and a bigger header is a mistake or a decompression bomb

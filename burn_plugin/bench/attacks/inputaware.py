@@ -74,10 +74,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...errors import EmptySelectionError
-from .base import Attack, bd_label_fn, register_attack
-from ..models import build_model
 from ...core.tensors import PixelSpaceModel
+from ...errors import EmptySelectionError
+from ..models import build_model
+from .base import Attack, bd_label_fn, register_attack
 
 log = logging.getLogger("burn.attack")
 

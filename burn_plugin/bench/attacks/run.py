@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...core.burn import state_hash
+from ...core.config import integer_setting
 from ...core.tensors import PixelSpaceModel
 from ...core.train import train_epochs
 from ...errors import BurnError, ConfigError, OutputExistsError
@@ -24,8 +26,6 @@ from ..metrics import as_metric_row, evaluate, summarize
 from ..models import build_model
 from ..records import SplitTensors, make_state, save_record, write_poisoned_split
 from .base import _subset, bd_label_fn, check_image, get_attack, list_attacks
-from ...core.burn import state_hash
-from ...core.config import integer_setting
 
 log = logging.getLogger("burn.attack")
 

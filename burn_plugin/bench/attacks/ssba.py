@@ -61,9 +61,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...core.burn import state_hash
 from ...errors import ConfigError
 from .base import Attack, load_npy, register_attack
-from ...core.burn import state_hash
 
 log = logging.getLogger("burn.attack")
 
