@@ -105,7 +105,6 @@ def _sweep(args, device, progress, quiet, compare) -> int:
 
 def _compare_at_end(args, plan, progress, failed: list, n_runs: int, compare) -> int:
     """The comparison table after a sweep (unless --no-compare); exit status 1 if a run failed."""
-
     code = 1 if failed else 0
     if not args.no_compare:
         try:

@@ -89,7 +89,6 @@ class Burn:
     def config_class(cls) -> type:
         """The dataclass of this defense's settings (its registry entry's; BURN's is
         :class:`~burn_plugin.core.config.BurnConfig`)."""
-
         return get_defense(cls.name).config_class
 
     @classmethod
@@ -206,7 +205,6 @@ class Burn:
 
     def mitigation(self) -> dict:
         """Run BURN on the record and write every result file; returns the run summary."""
-
         if self.attack_folder is None:
             raise BadInputError("no record given; pass --attack_folder NAME (a folder under record/) or call "
                                 "defense(NAME)")
@@ -239,7 +237,6 @@ _BY_NAME: dict[str, type] = {}
 def defense_class(name: str) -> type:
     """The BackdoorBench defense class of registered defense ``name``: :class:`Burn` for ``burn``, else a
     subclass of it carrying the registry's name, label and settings (made once, then reused)."""
-
     spec = get_defense(name)
     if name == Burn.name:
         return Burn

@@ -46,7 +46,6 @@ class Check:
 def _data_layouts() -> dict[str, tuple]:
     """BackdoorBench's on-disk layouts under ``<root>/data/`` (interface.md 3.2), from the dataset registry:
     name -> alternative file sets."""
-
     specs = [get_spec(n) for n in list_datasets()]
     return {s.bb_name: s.bb_files for s in specs if s.bb_name and s.bb_files}
 

@@ -109,7 +109,6 @@ def bundled_script(name: str = "entry.py") -> Path:
 
 def managed_files(method: str = "burn") -> dict[Path, Path]:
     """Relative path in the checkout -> packaged source file, for one method of :func:`methods`."""
-
     files = {script_path(method): bundled_script()}
     d = defense_yaml_dir(method)
     for name in installed_configs():

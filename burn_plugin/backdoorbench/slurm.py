@@ -235,7 +235,6 @@ def run_states(plan: SweepPlan) -> list[tuple[SweepRun, str, str]]:
 
 def submit(plan: SweepPlan, opts: SlurmOptions, *, say=print) -> tuple[str | None, list[SweepRun]]:
     """Submit every run that is neither done nor in the queue as one job array; returns (job id, runs)."""
-
     opts.check()
     check_script_path(plan.root, "--bb-root")  # written into the array script: refused before anything is written
     check_script_path(sys.executable, "the Python interpreter")

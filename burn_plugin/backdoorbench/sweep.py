@@ -103,7 +103,6 @@ for _spec in (
 def _add_plugin_defenses() -> None:
     """The plugin's defenses (:mod:`burn_plugin.defenses`; run through ``burn defend``), after BackdoorBench's
     own: a plugin defense of the same name as one of BackdoorBench's (``ft``) leaves BackdoorBench's in place."""
-
     for d in all_defenses():
         if d.name not in DEFENSES:
             DEFENSES.register(d.name, SweepDefense(d.name, PLUGIN, tuple(d.fast), uses_clean_index=d.uses_clean_data))
@@ -257,7 +256,6 @@ def find_bb_attack(root: Path, name: str) -> Path:
 
 def read_attack_info(folder: Path, *, dataset: str | None, model: str | None, trusted: bool) -> AttackInfo:
     """Dataset, model name and clean-train size of a record, from ``info.pickle`` / ``attack_result.pt``."""
-
     def refuse(path: Path) -> UntrustedFileError:
         # BackdoorBench's defenses would unpickle the file in full and run that code: refuse the record
         return UntrustedFileError(
@@ -359,7 +357,6 @@ def plan_index(info: AttackInfo, *, index: str | None, ratio: float, seed: int) 
 def result_state(defense_dir: Path) -> str:
     """``ok`` (a non-empty dict), ``empty`` (BackdoorBench's NaN marker or a 0-byte file),
     ``missing`` or ``unreadable``."""
-
     f = Path(defense_dir) / "defense_result.pt"
     if not f.is_file():
         return "missing"
@@ -433,7 +430,6 @@ def plan_sweep(bb_root, *, attacks=None, defenses=None, device: str = "cpu", fas
                ratio: float = 0.05, index: str | None = None, seed: int = 0, rerun: bool = False,
                trusted: bool = False) -> SweepPlan:
     """Check everything and decide every run (nothing is written)."""
-
     names = parse_defenses(defenses)  # a bad name is reported before the checkout is even looked at
     root = resolve_bb_root(bb_root)
     if not 0 < ratio <= 1:
@@ -652,7 +648,6 @@ def describe_plan(plan: SweepPlan) -> list[str]:
 def run_sweep(plan: SweepPlan, *, dry_run: bool = False, progress: bool = True,
               say: Callable[[str], None] | None = None) -> list[SweepRun]:
     """Run (or, with ``dry_run``, print) every planned run; returns the runs with their outcome."""
-
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     for line in describe_plan(plan):
         say(line)

@@ -23,7 +23,6 @@ No file I/O here: checkpoints and the boundary cache are objects the caller pass
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from .distributed import Group, chunk_size, current_group
 from .sam import reinitialise, train_detection_model
 from .scores import (PoisonSelection, boundary_score, composite_score, count_of, linear_schedule,
                      prediction_divergence, select)
-from .tensors import Normalize, PixelSpaceModel, predict, set_channels_last, to_float
+from .tensors import Normalize, PixelSpaceModel, predict, set_channels_last, state_hash, to_float
 from .train import NonFiniteLoss, train_epochs
 
 log = logging.getLogger("burn.core")
@@ -91,23 +90,6 @@ class BoundaryCache(Protocol):
     def get(self, key: str) -> dict | None: ...
 
     def put(self, key: str, value: dict) -> None: ...
-
-
-def state_hash(*tensors_or_dicts, extra: str = "") -> str:
-    """A stable hash of tensors / state dicts / strings (for cache keys)."""
-    h = hashlib.sha256()
-    for obj in tensors_or_dicts:
-        items = sorted(obj.items()) if isinstance(obj, dict) else [("", obj)]
-        for k, v in items:
-            h.update(str(k).encode())
-            if isinstance(v, torch.Tensor):
-                t = v.detach().cpu().contiguous()
-                h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-            else:
-                h.update(repr(v).encode())
-    h.update(extra.encode())
-    return h.hexdigest()[:20]
 
 
 def poison_scores(frozen: nn.Module, data: BurnData, cfg: BurnConfig, boundary: BoundaryResult, *,

@@ -6,6 +6,7 @@ in pixel space, the space the boundary distances are measured in by default.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -172,3 +173,20 @@ def find_classifier(model: nn.Module, example: torch.Tensor, linear_name: str = 
         raise ShapeMismatchError(f"ULRL needs a model whose last layer is one nn.Linear (its rows are the class "
                                  f"neurons); {type(inner).__name__} ends in {what}")
     return linears[-1], named[linears[-1]]
+
+
+def state_hash(*tensors_or_dicts, extra: str = "") -> str:
+    """A stable hash of tensors / state dicts / strings (for cache keys)."""
+    h = hashlib.sha256()
+    for obj in tensors_or_dicts:
+        items = sorted(obj.items()) if isinstance(obj, dict) else [("", obj)]
+        for k, v in items:
+            h.update(str(k).encode())
+            if isinstance(v, torch.Tensor):
+                t = v.detach().cpu().contiguous()
+                h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            else:
+                h.update(repr(v).encode())
+    h.update(extra.encode())
+    return h.hexdigest()[:20]

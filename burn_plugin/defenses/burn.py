@@ -39,7 +39,6 @@ def output_name(config) -> str:
 def check_resume(saved: dict, config) -> None:
     """``--resume``: a checkpoint made with other settings is reported before any work (``run_burn``
     checks the model and data again when it starts)."""
-
     if isinstance(config, BurnConfig):
         check_resumable(saved, config, saved.get("run_key", ""))
 

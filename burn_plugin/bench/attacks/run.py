@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...core.burn import state_hash
 from ...core.config import integer_setting
-from ...core.tensors import PixelSpaceModel
+from ...core.tensors import PixelSpaceModel, state_hash
 from ...core.train import train_epochs
 from ...errors import BurnError, ConfigError, OutputExistsError
 from ...fileio import folder_lock, save_csv, save_json, save_torch, torch_load
@@ -95,7 +94,6 @@ class AttackSettings:
         """Every number checked up front, before any file is read or written: ``pratio`` a share in (0, 1]
         (NaN, Inf, negative and > 1 refused), integers at most their bound (``--epochs 1e23`` would train
         forever), the trigger image's header sane (see :func:`~.base.open_image`)."""
-
         p = self.pratio
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not (math.isfinite(p) and 0 < p <= 1):
             raise ConfigError(f"--pratio is the share of training samples poisoned, in (0, 1]; got {p!r:.40}")
@@ -153,7 +151,6 @@ class AttackContext:
 
     def clean_model_key(self) -> str:
         """What the clean helper model depends on: dataset, model, seed, training settings and samples."""
-
         s = self.settings
         return state_hash(torch.from_numpy(np.asarray(self.visible, dtype=np.int64)),
                           extra=repr((self.spec.name, s.model, s.random_seed, self.epochs, s.batch_size, s.lr,
@@ -162,7 +159,6 @@ class AttackContext:
     def cached(self, name: str, make):
         """``make()``'s result (tensors, numpy arrays, plain data), kept as ``cache_dir/name`` and reused
         by later attacks; an entry that cannot be read safely is made again."""
-
         f = self.cache_dir / name
         if f.is_file():
             try:

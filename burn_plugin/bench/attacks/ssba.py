@@ -61,7 +61,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...core.burn import state_hash
+from ...core.tensors import state_hash
 from ...errors import ConfigError
 from .base import Attack, load_npy, register_attack
 
