@@ -623,6 +623,12 @@ def test_burn_settings_name_the_run_alike_on_every_attack():
     assert names("sau", {}, set()) == ("sau", "SAU")    # BackdoorBench's own defenses write no run.json
     # a run of a defense that is not installed now (a plugin removed since): its folder, not an error
     assert names("toy_old", {"method": "toy_gone", "config": {"scale": 2}}, set()) == ("toy_old", "toy_old")
+    # run.json is a stranger's file: a label or setting that is not a short one-line text is not taken
+    odd = {"method": "burn", "config": {**paper, "box_aware": True}, "label": "X\n| injected |",
+           "named_settings": ["fine", {"not": "text"}]}
+    assert names("b", odd, set()) == ("burn[box-aware]", "BURN[box-aware]")
+    assert names("b", {**odd, "label": "L" * 81, "named_settings": ["s"] * 33}, set()) == ("burn[box-aware]",
+                                                                                           "BURN[box-aware]")
 
 
 def test_roc_takes_the_boundary_run_most_attacks_share(tmp_path):

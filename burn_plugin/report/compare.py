@@ -80,6 +80,16 @@ TIDY_COLUMNS = ["attack", "defense", "label", "test_acc", "test_asr", "test_ra",
                 "baseline_source", "data_used", "model_name", "note", "folder"]
 
 
+#: the most named settings a run.json may give before they are ignored (BURN's describe names at most 17)
+_MAX_SETTINGS, _MAX_TEXT = 32, 80
+
+
+def _plain(value) -> str | None:
+    """``value`` if it is a short one-line text, else None: ``run.json`` is read as a stranger's file,
+    and what it says becomes table headers and figure titles."""
+    return value if isinstance(value, str) and 0 < len(value) <= _MAX_TEXT and value.isprintable() else None
+
+
 def table_name(folder_name: str, run: dict, taken: set) -> tuple[str, str]:
     """``(name, label)`` of a defense in the table: its folder's name, or, where the run's settings differ
     from its defense's reference, the method with those settings, e.g. ``burn[scan, veto 20%]`` (the
@@ -90,14 +100,13 @@ def table_name(folder_name: str, run: dict, taken: set) -> tuple[str, str]:
     method = run.get("method") if isinstance(run.get("method"), str) else None
     spec = get_defense(method) if method in list_defenses() else None   # a run of a defense not installed now: none
     parts = run.get("named_settings")
-    if not isinstance(parts, list):
+    if not (isinstance(parts, list) and len(parts) <= _MAX_SETTINGS and all(map(_plain, parts))):
         config = run.get("config") if isinstance(run.get("config"), dict) else {}
         parts = spec.named_settings(config) if spec else []
-    label = run.get("label") if isinstance(run.get("label"), str) and run.get("label") else None
-    label = label or (spec.display if spec else display_name(folder_name))
+    label = _plain(run.get("label")) or (spec.display if spec else display_name(folder_name))
     if not parts:
         return folder_name, (label if method and folder_name == method else display_name(folder_name))
-    inner = ", ".join(str(p) for p in parts)
+    inner = ", ".join(parts)
     name = f"{method or folder_name}[{inner}]"
     if name in taken:
         return f"{folder_name}[{inner}]", f"{folder_name}[{inner}]"
@@ -208,7 +217,6 @@ def gather_results(root: str | os.PathLike, *, attacks=None, defenses=None, reev
     ``reevaluate=False`` reads only the CSV files (no model is built, no data loaded).
     Columns: :data:`TIDY_COLUMNS`.
     """
-
     say = progress or (lambda msg: None)
     attack_dirs = find_attack_folders(root)
     want_attacks = _split_names(attacks)
@@ -229,7 +237,6 @@ def gather_results(root: str | os.PathLike, *, attacks=None, defenses=None, reev
         if reevaluate:
             say(f"{adir.name}: loading the record")
             try:
-
                 record = load_record(adir, trusted=trusted, dataset_path=dataset_path)
             except BurnError as exc:
                 record_note = f"record not loaded, numbers from CSV files: {exc}"
@@ -592,7 +599,6 @@ def write_comparison(df: pd.DataFrame, out_dir: str | os.PathLike, *, metrics=No
     :mod:`.across`) and, with plots over several attacks, ``radar_by_defense`` (Fig. 4 as the paper
     draws it) and ``roc_by_attack`` (Fig. 5). Returns ``{"tables": [...], "plots": [...]}``.
     """
-
     out = Path(out_dir)
     md = render_markdown(df, metrics)
     tables = [save_csv(df, out / "comparison.csv", index=False), save_text(md, out / "comparison.md"),
@@ -630,7 +636,6 @@ def _write_across_attacks(df: pd.DataFrame, out: Path, root: Path, plots: bool) 
     """BURN's detection table (the paper's Table 1 and more; :mod:`.across`) and, over two or more attacks,
     the paper's Fig. 4 (one radar per defense, the attacks as axes) and Fig. 5 (every attack's ROC of
     l(x) in one figure)."""
-
     tables, written = [], []
     det = across.detection_table(df, root)
     if len(det):
