@@ -12,9 +12,12 @@ a killed run never leaves a half-written file behind.
 """
 from __future__ import annotations
 
+import builtins
+import collections
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -46,33 +49,27 @@ def torch_load(path: str | os.PathLike, *, trusted: bool = False, what: str = "f
     if not path.is_file():
         raise RecordNotFoundError(f"{what} not found: {path} (check the path)")
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = path.read_bytes()
     except OSError as exc:
         raise RecordNotFoundError(f"cannot read {what} {path}: {exc.strerror} (check permissions)") from exc
-    if trusted:
-        try:
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - anything a broken pickle raises
-            raise CorruptFileError(f"{what} {path} is corrupt or truncated ({type(exc).__name__}: "
-                                   f"{_first_line(exc)}); re-create it") from exc
     try:
+        if trusted:
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
         with torch.serialization.safe_globals(numpy_safe_globals()), warnings.catch_warnings():
             # a plain (non-zip) pickle makes torch warn about its protocol on the way to our own error
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        if "Unsupported global" in msg or "not an allowed global" in msg or "GLOBAL" in msg:
-            needed = _unsafe_globals(data)
-            raise UntrustedFileError(
-                f"{what} {path} contains objects that only the full unpickler can build "
-                f"({', '.join(needed) or 'non-allow-listed globals'}), which would run code from the file; "
-                f"if you made this file yourself or trust its source, pass {trust_flag}") from exc
-        raise CorruptFileError(f"{what} {path} is corrupt or truncated ({_first_line(exc)}); re-create it") from exc
-    except Exception as exc:  # noqa: BLE001 - whatever else a damaged file makes the loader raise (struct.error ...)
-        raise CorruptFileError(f"{what} {path} is corrupt or truncated ({type(exc).__name__}: "
-                               f"{_first_line(exc)}); re-create it") from exc
+    except Exception as exc:  # noqa: BLE001 - anything a damaged file makes the loader raise (struct.error ...)
+        detail = f"{type(exc).__name__}: {first_line(exc)}"
+        if not trusted and isinstance(exc, pickle.UnpicklingError):   # the weights-only unpickler said no
+            msg = str(exc)
+            if "Unsupported global" in msg or "not an allowed global" in msg or "GLOBAL" in msg:
+                raise UntrustedFileError(
+                    f"{what} {path} contains objects that only the full unpickler can build "
+                    f"({', '.join(_unsafe_globals(data)) or 'non-allow-listed globals'}), which would run code "
+                    f"from the file; if you made this file yourself or trust its source, pass {trust_flag}") from exc
+            detail = first_line(exc)
+        raise CorruptFileError(f"{what} {path} is corrupt or truncated ({detail}); re-create it") from exc
 
 
 def _unsafe_globals(data: bytes) -> list[str]:
@@ -86,20 +83,19 @@ def _unsafe_globals(data: bytes) -> list[str]:
     return sorted(n for n in names if n not in allowed)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), else its type's name."""
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
 
 
+@functools.cache
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     """The exact ``(module, name)`` pairs a plain-pickle record file may name, and the objects they stand
     for: plain containers and scalars, and the numpy arrays, dtypes and scalars of
     :func:`~burn_plugin.safe_globals.numpy_safe_globals` (the very list ``torch_load`` allows), under
     the names a pickle gives them. No name is looked up by walking attributes, and no module is allowed
-    as a whole: a pair not in this table is refused, whatever the module."""
-    import builtins
-    import collections
-
+    as a whole: a pair not in this table is refused, whatever the module. Built once."""
     table: dict[tuple[str, str], Any] = {
         ("builtins", n): getattr(builtins, n)
         for n in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bool", "bytes",
@@ -117,12 +113,8 @@ class _RecordUnpickler(pickle.Unpickler):
     """The one unpickler for plain pickles inside a record (``info.pickle`` and the like): only the exact
     names of :func:`_allowed_globals`; persistent ids are refused."""
 
-    _TABLE: dict[tuple[str, str], Any] | None = None
-
     def find_class(self, module: str, name: str):  # noqa: D401
-        if _RecordUnpickler._TABLE is None:
-            _RecordUnpickler._TABLE = _allowed_globals()
-        obj = _RecordUnpickler._TABLE.get((module, name))
+        obj = _allowed_globals().get((module, name))
         if obj is None:
             raise _NotAllowed(f"{module}.{name}"[:120])
         return obj
@@ -176,7 +168,7 @@ def load_settings_file(path: str | os.PathLike, *, trusted: bool = False) -> dic
         except UntrustedFileError:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever a damaged pickle makes the unpickler raise
-            raise CorruptFileError(f"settings file {path} cannot be read ({_first_line(exc)})") from exc
+            raise CorruptFileError(f"settings file {path} cannot be read ({first_line(exc)})") from exc
     if not isinstance(obj, dict):
         raise CorruptFileError(f"settings file {path} holds a {type(obj).__name__}, expected a dict")
     return obj
@@ -259,11 +251,9 @@ def _json_default(o: Any):
         return float(o)
     if isinstance(o, np.ndarray):
         return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
     if isinstance(o, (set, tuple)):
         return list(o)
-    return str(o)
+    return str(o)   # Path and anything else
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,9 +354,7 @@ def boundary_cache_folder(out: str | os.PathLike) -> Path:
     user), never a record folder, whose files a stranger may have written; the run's own output folder
     ``out`` when the user's folder is not writable."""
     shared = boundary_cache_dir()
-    if writable_folder(shared):
-        return shared
-    return Path(out) / ".burn_cache"
+    return shared if writable_folder(shared) else Path(out) / ".burn_cache"
 
 
 def _run_mark(out: str | os.PathLike) -> Path:

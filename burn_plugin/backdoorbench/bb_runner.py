@@ -66,7 +66,9 @@ image converted, a dataset built). The exit status of the script is this process
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.abc
+import importlib.util
 import json
 import os
 import platform
@@ -100,9 +102,7 @@ def _count(name: str) -> None:
 def fix_np_infty(root: str) -> None:
     import numpy
 
-    try:
-        numpy.infty  # noqa: B018 - probing
-    except AttributeError:
+    if not hasattr(numpy, "infty"):
         numpy.infty = numpy.inf
         _count("np-infty")
 
@@ -140,8 +140,6 @@ def _wrap_torch_load(root: str, name: str, trusted: bool) -> None:
 
 def _numpy_safe_globals() -> list:
     """The list in ``../safe_globals.py``, loaded by its path (this runner may run without the package)."""
-    import importlib.util
-
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "safe_globals.py")
     spec = importlib.util.spec_from_file_location("_burn_safe_globals", path)
     module = importlib.util.module_from_spec(spec)
@@ -149,20 +147,10 @@ def _numpy_safe_globals() -> list:
     return module.numpy_safe_globals()
 
 
-def fix_torch_load(root: str) -> None:
-    _wrap_torch_load(root, "torch-load", trusted=False)
-
-
-def fix_torch_load_trusted(root: str) -> None:
-    _wrap_torch_load(root, "torch-load-trusted", trusted=True)
-
-
 def fix_cuda_fallback(root: str) -> None:
     import torch
 
     def bare_cuda(device) -> bool:
-        if device is None:
-            return False
         if isinstance(device, str):
             return device.strip() == "cuda"
         if isinstance(device, torch.device):
@@ -188,8 +176,6 @@ def fix_cuda_fallback(root: str) -> None:
 
 
 def fix_mnist_rgb(root: str) -> None:
-    import importlib
-
     from PIL import Image
 
     datasets = importlib.import_module("torchvision.datasets")  # (the parent's attribute may not be bound yet)
@@ -220,8 +206,6 @@ def fix_mnist_rgb(root: str) -> None:
 def fix_mnist_rgb_container(root: str) -> None:
     """The poisoned images of a record (PNG files, or PIL images in RAM mode) as RGB too: a record whose
     poisoned copies were stored in grayscale would otherwise give batches of mixed channel counts."""
-    import importlib
-
     cls = importlib.import_module("utils.bd_dataset_v2").poisonedCLSDataContainer
     original = cls.__getitem__
 
@@ -238,8 +222,6 @@ def fix_mnist_rgb_container(root: str) -> None:
 
 
 def fix_mnist_denorm(root: str) -> None:
-    import importlib
-
     from torchvision import transforms
 
     mod = importlib.import_module("utils.aggregate_block.dataset_and_transform_generate")
@@ -273,8 +255,6 @@ def fix_hardsigmoid(root: str) -> None:
 
 
 def fix_ftsam_index(root: str) -> None:
-    import importlib
-
     mod = importlib.import_module("utils.choose_index")
     original = mod.choose_by_class
 
@@ -291,8 +271,8 @@ def fix_ftsam_index(root: str) -> None:
 #: fix name -> [(function, the module whose import triggers it), ...]
 APPLY = {
     "np-infty": [(fix_np_infty, "numpy")],
-    "torch-load": [(fix_torch_load, "torch")],
-    "torch-load-trusted": [(fix_torch_load_trusted, "torch")],
+    "torch-load": [(functools.partial(_wrap_torch_load, name="torch-load", trusted=False), "torch")],
+    "torch-load-trusted": [(functools.partial(_wrap_torch_load, name="torch-load-trusted", trusted=True), "torch")],
     "cuda-fallback": [(fix_cuda_fallback, "torch")],
     "mnist-rgb": [(fix_mnist_rgb, "torchvision.datasets"), (fix_mnist_rgb_container, "utils.bd_dataset_v2")],
     "mnist-denorm": [(fix_mnist_denorm, "utils.aggregate_block.dataset_and_transform_generate")],
@@ -327,9 +307,8 @@ class PostImportHooks(importlib.abc.MetaPathFinder):
                 break
         else:
             return None
-        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        spec.loader = _HookedLoader(spec.loader, self, fullname)
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _HookedLoader(spec.loader, self, fullname)
         return spec
 
     def fire(self, fullname: str) -> None:
@@ -381,12 +360,10 @@ def parse(argv: list) -> dict:
                     _die(f"{name} needs a value")
                 value = argv[i + 1]
                 i += 1
-            if name == "--root":
-                opts["root"] = value
-            elif name == "--report":
-                opts["report"] = value
-            else:
+            if name == "--fix":
                 opts["fixes"] += [v.strip() for v in value.split(",") if v.strip()]
+            else:   # --root, --report
+                opts[name[2:]] = value
             i += 1
             continue
         break
@@ -468,11 +445,10 @@ def main(argv=None) -> int:
             print(code, file=sys.stderr)
     except BaseException as exc:  # noqa: BLE001 - reported, then re-raised for the traceback
         status, error = 1, f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
         if report:
             write_report(report, opts, status, started, error)
-        raise
-    if report:
-        write_report(report, opts, status, started, error)
     return status
 
 

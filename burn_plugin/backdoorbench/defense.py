@@ -41,6 +41,7 @@ Its settings' keys are not among its ignored keys (ULRL's ``ratio`` and ``index`
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -61,13 +62,6 @@ COMPAT_KEYS = tuple(k for k in IGNORED_BB_KEYS if k not in _PLUMBING)
 _SHORT = {"pin_memory": "-pm", "non_blocking": "-nb", "prefetch": "-pf"}
 
 log = logging.getLogger("burn.backdoorbench")
-
-
-# ------------------------------------------------------------------------------------------------
-def default_yaml_path(dataset: str | None, cwd: str | os.PathLike | None = None, method: str = METHOD) -> Path | None:
-    """``config/defense/<method>/<dataset>.yaml`` under ``cwd``, else the defense's own, else ``config.yaml``
-    (:func:`burn_plugin.settings.resolve_yaml`)."""
-    return resolve_yaml(method, dataset, Path(cwd) if cwd is not None else Path.cwd())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -156,11 +150,9 @@ class Burn:
         (errors name the key)."""
         config_cls = type(self).config_class()
         explicit = self._given("yaml_path")
-        if explicit:
-            p = Path(explicit)
-            yaml_path = p if p.is_absolute() else self.cwd / p
-        else:
-            yaml_path = default_yaml_path(dataset, self.cwd, self.name)
+        # --yaml_path under cwd (an absolute path stays as given), else config/defense/<name>/<dataset>.yaml under
+        # cwd, else the defense's own, else config.yaml
+        yaml_path = self.cwd / explicit if explicit else resolve_yaml(self.name, dataset, self.cwd)
         self._yaml_was_default = not explicit
         self._yaml_dataset = dataset
         keys = list(config_cls.keys()) + list(RUN_KEYS) + list(type(self).compat_keys())
@@ -186,8 +178,8 @@ class Burn:
             self.args.dataset = record_dataset(folder) or self.args.dataset
 
         out = self._given("output_dir")
-        self.save_dir = (Path(out) if Path(out).is_absolute() else self.cwd / out) if out else \
-            folder / "defense" / default_output_name(self.name, self.config)
+        # --output_dir under cwd (an absolute path stays as given)
+        self.save_dir = self.cwd / out if out else folder / "defense" / default_output_name(self.name, self.config)
         self.save_path = str(self.save_dir) + os.sep
         self.args.result_file = str(result_file)
         self.args.save_path = self.save_path
@@ -269,8 +261,6 @@ def make_defense_class(base: type | None = None, cls: type = Burn) -> type:
     """
     if base is None:
         try:
-            import importlib
-
             base = getattr(importlib.import_module("defense.base"), "defense", None)
         except Exception:  # noqa: BLE001 - not inside a checkout, or its base does not import: stand alone
             base = None
@@ -302,7 +292,6 @@ def main(argv=None, cls: type | None = None, method: str | None = None) -> int:
     def run() -> int:
         if not (args.result_file or getattr(args, "attack_folder", None)):
             raise BadInputError("no record given; pass --attack_folder NAME (a folder under record/, or a path)")
-
         summary = make_defense_class(cls=cls)(args).defense()
         if summary is not None:  # torchrun's other ranks leave the summary to rank 0
             print_summary(summary)

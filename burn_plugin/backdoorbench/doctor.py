@@ -13,13 +13,14 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from ..bench.datasets import get_spec, known_dataset, list_datasets
 from ..fileio import load_settings_file
 from .register import check_bb_root, installed_state
 
-# import name -> (pip name, why)
+# import name -> pip name
 BURN_PACKAGES = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "yaml": "pyyaml",
                  "pandas": "pandas", "PIL": "pillow", "scipy": "scipy", "tqdm": "tqdm"}
 BB_PACKAGES = {"kornia": "kornia", "cv2": "opencv-python-headless", "pytorch_wavelets": "pytorch_wavelets",
@@ -34,8 +35,7 @@ class Check:
     required: bool = False
 
     def line(self) -> str:
-        tag = {"ok": "ok", "missing": "MISSING" if self.required else "missing", "warn": "warn",
-               "info": "info"}[self.status]
+        tag = "MISSING" if self.failed else self.status
         return f"{tag:8} {self.what}" + (f": {self.detail}" if self.detail else "")
 
     @property
@@ -106,22 +106,17 @@ def diagnose(bb_root: str | os.PathLike) -> list[Check]:
     for name in sorted(set(used) - set(layouts)):
         checks.append(Check("info", f"data {name}", f"used by {', '.join(used[name])}; not a BackdoorBench "
                             "dataset, not checked"))
-    for mod, pip in BURN_PACKAGES.items():
-        found = importlib.util.find_spec(mod) is not None
-        checks.append(Check("ok" if found else "missing", f"python {mod}",
-                            _version(pip) if found else f"pip install {pip} (needed by BURN)", required=True))
-    for mod, pip in BB_PACKAGES.items():
-        found = importlib.util.find_spec(mod) is not None
-        checks.append(Check("ok" if found else "missing", f"python {mod}",
-                            _version(pip) if found else f"pip install {pip} (needed by BackdoorBench's own "
-                            "attacks/defenses, not by BURN)"))
+    for packages, needed_by, required in ((BURN_PACKAGES, "BURN", True),
+                                          (BB_PACKAGES, "BackdoorBench's own attacks/defenses, not by BURN", False)):
+        for mod, pip in packages.items():
+            found = importlib.util.find_spec(mod) is not None
+            checks.append(Check("ok" if found else "missing", f"python {mod}",
+                                _version(pip) if found else f"pip install {pip} (needed by {needed_by})", required))
     checks += _notes()
     return checks
 
 
 def _version(dist: str) -> str:
-    from importlib import metadata
-
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:

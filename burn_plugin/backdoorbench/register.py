@@ -75,8 +75,6 @@ def manifest_path(method: str) -> Path:
 
 
 MANIFEST = manifest_path("burn")
-SCRIPT = script_path("burn")
-CONFIG_DIR = config_dir("burn")
 
 
 def installed_configs() -> tuple[str, ...]:
@@ -189,10 +187,6 @@ def _write_manifest(root: Path, files: dict[str, str], created_dirs: list[str], 
     save_json(data, path)
 
 
-def _copy(src: Path, dest: Path) -> None:
-    atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
-
-
 @dataclass
 class Action:
     path: str       # relative to the checkout
@@ -248,7 +242,7 @@ def register(bb_root: str | os.PathLike | None, *, force: bool = False) -> list[
             if what != "unchanged":
                 if dest.is_symlink():
                     dest.unlink()
-                _copy(src, dest)
+                atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
             note = "identical copy was already there; now managed" if what == "unchanged" and \
                 rel.as_posix() not in known else ""
             known[rel.as_posix()] = new
@@ -351,25 +345,17 @@ def installed_state(root: Path, methods=("burn",)) -> list[tuple[str, str]]:
     BURN's only by default (what ``burn doctor`` checks); ``methods=methods()`` includes the others'."""
     out = []
     for method in methods:
-        out += _installed_state(root, method)
-    return out
-
-
-def _installed_state(root: Path, method: str) -> list[tuple[str, str]]:
-    manifest = read_manifest(root, method) or {"files": {}}
-    out = []
-    for rel, src in managed_files(method).items():
-        key, dest = rel.as_posix(), root / rel
-        if not dest.is_file():
-            out.append((key, "missing"))
-            continue
-        cur = sha256(dest)
-        if cur == sha256(src):
-            out.append((key, "current"))
-        elif key not in manifest["files"]:
-            out.append((key, "foreign"))
-        elif manifest["files"][key] == cur:
-            out.append((key, "outdated"))
-        else:
-            out.append((key, "modified"))
+        files = (read_manifest(root, method) or {"files": {}})["files"]
+        for rel, src in managed_files(method).items():
+            key, dest = rel.as_posix(), root / rel
+            if not dest.is_file():
+                out.append((key, "missing"))
+                continue
+            cur = sha256(dest)
+            if cur == sha256(src):
+                out.append((key, "current"))
+            elif key not in files:
+                out.append((key, "foreign"))
+            else:
+                out.append((key, "outdated" if files[key] == cur else "modified"))
     return out

@@ -191,12 +191,8 @@ def queue_states(job_ids: list[str]) -> dict[str, str]:
                         f"commands, or check the cluster") from None
     if out.returncode != 0 and "Invalid job id" not in out.stderr:
         raise BurnError(f"{SQUEUE} failed: {out.stderr.strip() or out.stdout.strip()}; check the cluster")
-    states = {}
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            states[parts[0]] = parts[1]
-    return states
+    rows = [line.split() for line in out.stdout.splitlines()]
+    return {row[0]: row[1] for row in rows if len(row) == 2}
 
 
 def run_states(plan: SweepPlan) -> list[tuple[SweepRun, str, str]]:
@@ -223,7 +219,6 @@ def run_states(plan: SweepPlan) -> list[tuple[SweepRun, str, str]]:
         if job is None:
             rows.append((run, "not submitted", ""))
             continue
-        note = ""
         try:
             rec = json.loads((run.out_dir / "sweep_run.json").read_text())
             note = rec.get("note") or rec.get("status") or ""
@@ -252,10 +247,8 @@ def submit(plan: SweepPlan, opts: SlurmOptions, *, say=print) -> tuple[str | Non
             save_text(info.index_text, info.index)
     folder = plan.root / "record" / ".sweep_slurm" / datetime.now().strftime("%Y%m%d_%H%M%S_%f")
     folder.mkdir(parents=True)
-    manifest = folder / "manifest.json"
-    save_json(_plan_dict(plan, todo), manifest)
-    script = folder / "array.sbatch"
-    save_text(sbatch_script(manifest, len(todo), opts), script)
+    manifest = save_json(_plan_dict(plan, todo), folder / "manifest.json")
+    script = save_text(sbatch_script(manifest, len(todo), opts), folder / "array.sbatch")
     try:
         out = subprocess.run([SBATCH, "--parsable", str(script)], capture_output=True, text=True, timeout=120,
                              cwd=plan.root)

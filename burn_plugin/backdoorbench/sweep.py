@@ -40,7 +40,9 @@ A failed run does not stop the sweep; it is reported with the end of its log and
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -295,18 +297,15 @@ def read_attack_info(folder: Path, *, dataset: str | None, model: str | None, tr
                             f"BackdoorBench knows; the record is damaged or hostile (pass --dataset to override)")
     ds, mdl = dataset or rec_dataset, model or rec_model
     if not ds or not mdl:
-        what = " and ".join(w for w, v in (("dataset", ds), ("model", mdl)) if not v)
-        flags = " and ".join(f"--{w}" for w, v in (("dataset", ds), ("model", mdl)) if not v)
+        lacking = [w for w, v in (("dataset", ds), ("model", mdl)) if not v]
         why = f" ({problem})" if problem else ""
-        raise BadInputError(f"cannot tell the {what} of record {folder.name} from its files{why}; pass {flags}, "
-                            f"or --trust-record if you made the record yourself")
+        raise BadInputError(f"cannot tell the {' and '.join(lacking)} of record {folder.name} from its files{why}; "
+                            f"pass {' and '.join('--' + w for w in lacking)}, or --trust-record if you made the record "
+                            f"yourself")
     n_train = None
     if obj is not None and isinstance(obj.get("bd_train"), dict):
-        pi = obj["bd_train"].get("poison_indicator")
-        try:
-            n_train = int(len(pi))
-        except TypeError:
-            n_train = None
+        with contextlib.suppress(TypeError):   # no length: left to the dataset's size below
+            n_train = len(obj["bd_train"].get("poison_indicator"))
     if n_train is None:   # no bd_train state to read it from: the dataset's full training split
         n_train = _train_size(ds)
     return AttackInfo(folder.name, folder, ds, mdl, n_train)
@@ -334,10 +333,7 @@ def plan_index(info: AttackInfo, *, index: str | None, ratio: float, seed: int) 
 
     if index:
         path = Path(index).expanduser().absolute()
-        if info.n_train is not None:
-            idx = choose_clean_index(info.n_train, ratio, seed, str(path))
-        else:
-            idx = choose_clean_index(10**12, ratio, seed, str(path))
+        idx = choose_clean_index(info.n_train if info.n_train is not None else 10**12, ratio, seed, str(path))
         info.index = path
         text = path.read_bytes()
     else:
@@ -381,8 +377,6 @@ def is_done(out: Path, command: Sequence) -> bool:
     """A finished result counts as done only when this tool made it (:func:`~burn_plugin.fileio.finished_here`:
     a record can ship ``defense/<name>/`` with any files in it) and the sweep that made it used the
     settings this one would use (its ``sweep_run.json`` command); anything else is run again."""
-    import json
-
     if not finished_here(out):
         return False
     try:
@@ -441,10 +435,8 @@ def plan_sweep(bb_root, *, attacks=None, defenses=None, device: str = "cpu", fas
                                 f"has no {n} defense (drop it from --defenses or update the checkout)")
     py = resolve_python(python, root) if bb_names else sys.executable
     attack_names = _split(attacks)
-    if attack_names:
-        folders = [find_bb_attack(root, a) for a in dict.fromkeys(attack_names)]
-    else:
-        folders = find_attack_folders(root / "record")
+    folders = ([find_bb_attack(root, a) for a in dict.fromkeys(attack_names)] if attack_names
+               else find_attack_folders(root / "record"))
     infos = []
     for folder in folders:
         info = read_attack_info(folder, dataset=dataset, model=model, trusted=trusted)
@@ -541,8 +533,6 @@ def write_run_files(run: SweepRun, plan: SweepPlan, started: str, ended: str) ->
 
 
 def _read_fix_report(path: Path) -> dict:
-    import json
-
     try:
         rep = json.loads(Path(path).read_text())
         return {k: int(v.get("acted", 0)) for k, v in rep.get("fixes", {}).items()}
@@ -562,24 +552,21 @@ def execute(run: SweepRun, plan: SweepPlan, *, tick: Callable[[float], None] | N
 
 
 def _execute(run: SweepRun, plan: SweepPlan, *, tick, poll_s: float) -> None:
-    if run.runner == BACKDOORBENCH and (run.out_dir.exists() and (run.state != "missing" or
-                                                                  any(run.out_dir.iterdir()))):
+    if run.runner == BACKDOORBENCH and run.out_dir.exists() and (run.state != "missing" or any(run.out_dir.iterdir())):
         moved = _move_aside(run.out_dir)
         if moved is not None:
             run.note = f"previous folder moved to {moved}"
     run.out_dir.mkdir(parents=True, exist_ok=True)
     if run.runner == BACKDOORBENCH:
         start_run(run.out_dir)
-    for stale in (run.report,):
-        if stale.exists():
-            stale.unlink()
-    env = {**os.environ, **run.env}
+    if run.report.exists():   # a stale report from an earlier run
+        run.report.unlink()
     started, t0 = _now(), time.perf_counter()
     run.status = "running"
     with open(run.log, "wb") as log:
         log.write(f"# burn sweep, {started}\n# cwd: {run.cwd}\n# {run.command_line()}\n\n".encode())
         log.flush()
-        proc = subprocess.Popen([str(c) for c in run.command], cwd=run.cwd, env=env, stdout=log,
+        proc = subprocess.Popen([str(c) for c in run.command], cwd=run.cwd, env={**os.environ, **run.env}, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             while True:

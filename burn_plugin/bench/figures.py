@@ -74,12 +74,10 @@ def save_figure(fig, out_stem: str | os.PathLike) -> list[Path]:
     stem = Path(out_stem)
     if stem.suffix.lower() in (".png", ".pdf"):
         stem = stem.with_suffix("")
-    paths = []
-    for fmt in ("png", "pdf"):
-        target = stem.parent / f"{stem.name}.{fmt}"
-        with plot_style():
-            atomic_write(target, lambda p, fmt=fmt: fig.savefig(p, format=fmt, dpi=DPI))
-        paths.append(target)
+    paths = [stem.parent / f"{stem.name}.{fmt}" for fmt in ("png", "pdf")]
+    with plot_style():
+        for path in paths:
+            atomic_write(path, lambda p: fig.savefig(p, format=path.suffix[1:], dpi=DPI))
     return paths
 
 
@@ -182,17 +180,13 @@ def plot_distance_histogram(scores, out_stem: str | os.PathLike, *, bins: int = 
     require_arrays(arrays, "distance", "report_poison_flag")
     dist = np.asarray(arrays["distance"], dtype=float)
     poison = np.asarray(arrays["report_poison_flag"]).astype(bool)
-    groups = [("clean", ~poison, COLORS["clean"])]
+    groups = [("clean", ~poison, COLORS["clean"]), ("poison", poison, COLORS["poison"])]
     if "label" in arrays and "report_original_label" in arrays:
         flipped = poison & (np.asarray(arrays["label"]) != np.asarray(arrays["report_original_label"]))
         kept = poison & ~flipped
-        if flipped.any() and kept.any():
-            groups += [("poison, label flipped", flipped, COLORS["poison"]),
-                       ("poison, label kept", kept, COLORS["kept"])]
-        else:
-            groups.append(("poison", poison, COLORS["poison"]))
-    else:
-        groups.append(("poison", poison, COLORS["poison"]))
+        if flipped.any() and kept.any():   # both kinds: drawn apart
+            groups[1:] = [("poison, label flipped", flipped, COLORS["poison"]),
+                          ("poison, label kept", kept, COLORS["kept"])]
     groups = [g for g in groups if g[1].any()]
     fin = np.isfinite(dist)
     if not fin.any():
@@ -261,6 +255,7 @@ def plot_rounds(burn_df, out_stem: str | os.PathLike, *, before: Mapping | None 
         raise BadInputError("the per-round CSV has no test_acc/test_asr/test_ra values to plot")
     sizes = [c for c in ("n_poison", "n_clean") if c in df.columns]
     values: dict = {"x": [int(v) if float(v).is_integer() else float(v) for v in df[xcol]]}
+    xlabel = "Round (0 = phase 1)" if xcol == "round" else xcol.capitalize()
     with plot_style():
         fig = new_figure(figsize=(11 if sizes else 6.5, 5.0))
         ax = fig.add_subplot(1, 2 if sizes else 1, 1)
@@ -274,7 +269,7 @@ def plot_rounds(burn_df, out_stem: str | os.PathLike, *, before: Mapping | None 
                 if v is not None and math.isfinite(float(v)):
                     ax.axhline(100 * float(v), ls="--", color=color, lw=1.4, label=f"{lab} no defense")
         ax.set_ylim(-2, 102)
-        ax.set_xlabel("Round (0 = phase 1)" if xcol == "round" else xcol.capitalize())
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("%")
         ax.set_title("Test metrics per round")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)
@@ -284,10 +279,10 @@ def plot_rounds(burn_df, out_stem: str | os.PathLike, *, before: Mapping | None 
             for c, color, lab in (("n_poison", COLORS["poison"], "poison set (relabelled)"),
                                   ("n_clean", COLORS["clean"], "clean set (label kept)")):
                 if c in df.columns:
-                    ax2.plot(df[xcol], pd.to_numeric(df[c], errors="coerce"), "-s", color=color, lw=2, ms=6,
-                             label=lab)
-                    values[c] = [float(v) for v in pd.to_numeric(df[c], errors="coerce")]
-            ax2.set_xlabel("Round (0 = phase 1)" if xcol == "round" else xcol.capitalize())
+                    y = pd.to_numeric(df[c], errors="coerce")
+                    ax2.plot(df[xcol], y, "-s", color=color, lw=2, ms=6, label=lab)
+                    values[c] = [float(v) for v in y]
+            ax2.set_xlabel(xlabel)
             ax2.set_ylabel("Samples selected")
             ax2.set_title("Selected sets per round")
             ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)

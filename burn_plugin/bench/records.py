@@ -123,14 +123,14 @@ def _check_entry(key, v):
         if not isinstance(v.get("path"), (str, os.PathLike)) or not isinstance(info, (list, tuple)) or len(info) < 2:
             raise CorruptFileError(f"data_dict entry {key!r:.30} is {v!r:.80}, expected {{'path': str, "
                                    f"'other_info': [bd_label, original_label]}}; the record is damaged")
-        _as_int(info[0], f"the backdoor label of sample {key!r:.30}")
-        _as_int(info[1], f"the original label of sample {key!r:.30}")
+        bd, orig = info[0], info[1]
     elif isinstance(v, (list, tuple)) and len(v) == 3:
-        _as_int(v[1], f"the backdoor label of sample {key!r:.30}")
-        _as_int(v[2], f"the original label of sample {key!r:.30}")
+        bd, orig = v[1], v[2]
     else:
         raise CorruptFileError(f"data_dict entry {key!r:.30} is {type(v).__name__}, expected a dict (disk mode) or "
                                f"an (image, bd_label, original_label) tuple (RAM mode); the record is damaged")
+    _as_int(bd, f"the backdoor label of sample {key!r:.30}")
+    _as_int(orig, f"the original label of sample {key!r:.30}")
     return v
 
 
@@ -210,16 +210,8 @@ class BDDataset(torch.utils.data.Dataset):
 
     def retrieve_state(self, data_dict: dict | None = None) -> dict:
         """BackdoorBench's state dict of this dataset (``data_dict`` as given or as loaded)."""
-        return {
-            "bd_data_container": {"save_folder_path": self.container.save_folder_path,
-                                  "data_dict": data_dict if data_dict is not None else self.container.data_dict,
-                                  "save_file_format": ".png"},
-            "getitem_all": True,
-            "getitem_all_switch": False,
-            "original_index_array": np.asarray(self.original_index_array, dtype=np.int64),
-            "poison_indicator": np.asarray(self.poison_indicator, dtype=np.float64),
-            "save_folder_path": self.container.save_folder_path,
-        }
+        return make_state(data_dict if data_dict is not None else self.container.data_dict, self.poison_indicator,
+                          self.original_index_array, self.container.save_folder_path)
 
 
 def _targets(raw) -> list:
@@ -310,9 +302,7 @@ def resolve_attack_folder(name: str | os.PathLike, cwd: str | os.PathLike | None
     """BackdoorBench's ``record/<name>`` (under ``cwd``), else ``name`` as a path; must hold attack_result.pt."""
     cwd = Path(cwd) if cwd is not None else Path.cwd()
     raw = Path(name)
-    candidates = [raw if raw.is_absolute() else cwd / raw]
-    if not raw.is_absolute():
-        candidates.insert(0, cwd / "record" / raw)
+    candidates = [raw] if raw.is_absolute() else [cwd / "record" / raw, cwd / raw]
     for c in candidates:
         if (c / "attack_result.pt").is_file():
             return c
@@ -485,9 +475,8 @@ def _png_resolver(folder: Path):
         for marker in ("bd_train_dataset", "bd_test_dataset"):
             if marker in parts:
                 tail = parts[len(parts) - 1 - parts[::-1].index(marker):]
-                target = folder.joinpath(*tail)
                 if ".." not in tail:   # lexically inside; links the user made (a mirrored record) are followed
-                    return target
+                    return folder.joinpath(*tail)
         raise CorruptFileError(f"poisoned image path {str(p)!r:.200} leads outside the record's bd_train_dataset/ "
                                f"and bd_test_dataset/ folders; the record is damaged or hostile")
     return resolve

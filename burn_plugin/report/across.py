@@ -21,6 +21,7 @@ paper's Fig. 5 (every attack's ROC in one figure).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,6 @@ def _ratio(a, b):
 def detection_table(df: pd.DataFrame, root: str | Path) -> pd.DataFrame:
     """One row per BURN run in the comparison table ``df`` (tidy, with a ``folder`` column) whose
     ``run.json`` holds a detection report; columns :data:`DETECTION_COLUMNS`."""
-
     rows = []
     for _, r in df[df["defense"] != NO_DEFENSE].iterrows():
         run = read_run_json(attack_dir(Path(root), r["attack"]) / "defense" / r["folder"])
@@ -79,26 +79,23 @@ def detection_table(df: pd.DataFrame, root: str | Path) -> pd.DataFrame:
 def render_detection_markdown(table: pd.DataFrame) -> str:
     """The detection table as Markdown: distances with 3 decimals, AUROC and shares with 3, ACC/ASR/RA
     in percent; a missing number is ``-``."""
-
     cols = [c for c in HEADERS if c in table.columns]
     lines = ["| attack | defense | " + " | ".join(HEADERS[c] for c in cols) + " |",
              "|---|---|" + "---:|" * len(cols)]
     for _, r in table.iterrows():
-        cells = []
-        for c in cols:
-            v = r[c]
-            if c == "detector":
-                cells.append(str(v))
-            elif v is None or (isinstance(v, float) and not np.isfinite(v)):
-                cells.append("-")
-            elif c in ("test_acc", "test_asr", "test_ra"):
-                cells.append(f"{100 * v:.2f}")
-            elif c == "n_poison":
-                cells.append(f"{int(v)}")
-            else:
-                cells.append(f"{v:.3f}")
+        cells = [_detection_cell(c, r[c]) for c in cols]
         lines.append(f"| {md_escape(str(r['attack']))} | {md_escape(str(r['defense']))} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _detection_cell(column: str, v) -> str:
+    if column == "detector":
+        return str(v)
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    if column in ("test_acc", "test_asr", "test_ra"):
+        return f"{100 * v:.2f}"
+    return f"{int(v)}" if column == "n_poison" else f"{v:.3f}"
 
 
 def roc_inputs(df: pd.DataFrame, root: str | Path) -> dict[str, Path]:
@@ -108,9 +105,6 @@ def roc_inputs(df: pd.DataFrame, root: str | Path) -> dict[str, Path]:
     Where an attack has several such runs (say ``burn[box-aware]`` and the paper's DeepFool), the one is
     taken whose name in the table most attacks share, so that the curves compare one setting across
     attacks; where the chosen names still differ, each key names its run: ``sig_fm (burn_default)``."""
-    from collections import Counter
-
-
     candidates: dict[str, list[tuple[str, Path]]] = {}
     for attack in dict.fromkeys(df["attack"]):
         sub = df[(df["attack"] == attack) & (df["defense"] != NO_DEFENSE)]

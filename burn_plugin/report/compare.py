@@ -45,7 +45,7 @@ from ..bench.records import load_record
 from ..bench.runs import attack_dir, find_attack_folders, find_defense_folders, load_defense_model, read_run_json
 from ..defenses import get_defense, list_defenses
 from ..errors import BadInputError, BurnError
-from ..fileio import save_csv, save_text
+from ..fileio import first_line, save_csv, save_text
 from . import across
 from . import plots as P
 # NO_DEFENSE and display_name are also imported from here by tests
@@ -141,17 +141,14 @@ def read_summary_row(path: str | os.PathLike, row: object = "last") -> dict | No
         if isinstance(r, pd.DataFrame):
             r = r.iloc[-1]
     out = {k: _to_float(r.get(k)) for k in ("test_acc", "test_asr", "test_ra")}
-    if all(math.isnan(v) for v in out.values()):
-        return None
-    return out
+    return None if all(math.isnan(v) for v in out.values()) else out
 
 
 def _to_float(v) -> float:
     try:
-        f = float(v)
+        return float(v)
     except (TypeError, ValueError):
         return float("nan")
-    return f
 
 
 def summary_candidates(defense: str) -> list[tuple[str, object]]:
@@ -173,17 +170,14 @@ def read_defense_csv(defense_dir: Path, defense: str, method: str | None = None)
     for rel, row in cands:
         vals = read_summary_row(defense_dir / rel, row)
         if vals is not None:
-            where = f"{rel} row {'last' if row == 'last' else row}"
-            return vals, where
+            return vals, f"{rel} row {row}"
         tried.append(rel)
     return None, f"no usable summary CSV (looked for {', '.join(tried)})"
 
 
 def data_used_of(defense: str, run: dict) -> str:
     v = run.get("data_used")
-    if isinstance(v, str) and v:
-        return v
-    return DATA_USED.get(defense, "")
+    return v if isinstance(v, str) and v else DATA_USED.get(defense, "")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -199,9 +193,7 @@ def _split_names(value) -> list[str] | None:
 
 
 def _check_filter(given: list[str] | None, available: Sequence[str], what: str, flag: str) -> None:
-    if not given:
-        return
-    unknown = [g for g in given if g not in available]
+    unknown = [g for g in given or [] if g not in available]
     if unknown:
         raise BadInputError(f"{what} {', '.join(unknown)} not found; available: {', '.join(available) or 'none'} "
                             f"(check {flag})")
@@ -243,8 +235,7 @@ def gather_results(root: str | os.PathLike, *, attacks=None, defenses=None, reev
 
         # no defense
         base = {"attack": adir.name, "defense": NO_DEFENSE, "label": display_name(NO_DEFENSE), "data_used": "",
-                "wall_seconds": float("nan"),
-                "folder": ""}
+                "wall_seconds": float("nan"), "folder": ""}
         vals, source, note = None, "missing", record_note
         if record is not None:
             try:
@@ -253,7 +244,7 @@ def gather_results(root: str | os.PathLike, *, attacks=None, defenses=None, reev
                 source, note = "re-evaluated", ""
                 base["model_name"] = record.model_name
             except (BurnError, RuntimeError) as exc:  # e.g. the clean data are missing: no model can be evaluated
-                msg = str(exc) if isinstance(exc, BurnError) else _first_line(exc)
+                msg = str(exc) if isinstance(exc, BurnError) else first_line(exc)
                 note = record_note = f"record not usable, numbers from CSV files: {msg}"
                 record = None
         if vals is None:
@@ -285,7 +276,7 @@ def gather_results(root: str | os.PathLike, *, attacks=None, defenses=None, reev
                     except BurnError as exc:
                         note = f"not re-evaluated: {exc}"
                     except RuntimeError as exc:  # a model that loads but cannot run on these images
-                        note = f"not re-evaluated: evaluation failed ({_first_line(exc)})"
+                        note = f"not re-evaluated: evaluation failed ({first_line(exc)})"
                 else:
                     note = "no defense_result.pt"
             elif reevaluate:
@@ -323,11 +314,6 @@ def gather_results(root: str | os.PathLike, *, attacks=None, defenses=None, reev
 
 def _finite(*vals) -> bool:
     return all(v is not None and isinstance(v, (int, float, np.floating)) and math.isfinite(v) for v in vals)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
 
 
 def _join(a: str, b: str) -> str:
@@ -376,11 +362,7 @@ def format_value(metric: str, v: float) -> str:
     if v is None or not math.isfinite(v):
         return "–"
     if metric == "time":
-        if v < 120:
-            return f"{v:.0f} s"
-        if v < 3600:
-            return f"{v / 60:.1f} min"
-        return f"{v / 3600:.1f} h"
+        return f"{v:.0f} s" if v < 120 else (f"{v / 60:.1f} min" if v < 3600 else f"{v / 3600:.1f} h")
     return f"{100 * v:.2f}"
 
 
@@ -403,15 +385,12 @@ def build_layout(df: pd.DataFrame, metrics=None) -> Layout:
         if ks:
             groups.append((d, ks))
 
-    def lookup(attack, defense):
-        m = df[(df["attack"] == attack) & (df["defense"] == defense)]
-        return None if m.empty else m.iloc[0]
-
     rows: list[tuple[str, list[Cell]]] = []
     for a in attacks:
         cells = []
         for d, ks in groups:
-            r = lookup(a, d)
+            m = df[(df["attack"] == a) & (df["defense"] == d)]
+            r = None if m.empty else m.iloc[0]
             for k in ks:
                 col = METRICS[k][0]
                 v = float(r[col]) if r is not None and pd.notna(r[col]) else float("nan")
@@ -420,10 +399,11 @@ def build_layout(df: pd.DataFrame, metrics=None) -> Layout:
                     csv = r["source"] == "csv" or (k in ("der", "rir") and r["baseline_source"] == "csv")
                 cells.append(Cell(v, format_value(k, v), from_csv=csv))
         rows.append((a, cells))
+    columns = [(d, k) for d, ks in groups for k in ks]   # (defense, metric) of each cell of a row
     # mean row (over the attacks that have a value); pointless for a single attack
     if len(rows) > 1:
         mean_cells = []
-        for j, k in enumerate(k for _, ks in groups for k in ks):
+        for j, (_, k) in enumerate(columns):
             vals = [r[1][j].value for r in rows if math.isfinite(r[1][j].value)]
             v = float(np.mean(vals)) if vals else float("nan")
             mean_cells.append(Cell(v, format_value(k, v), partial=bool(vals) and len(vals) < len(rows)))
@@ -431,13 +411,10 @@ def build_layout(df: pd.DataFrame, metrics=None) -> Layout:
     # best per row and metric among the defenses (not the no-defense baseline); in the mean row only
     # means over every attack compete
     for _, cells in rows:
-        j = 0
         per_metric: dict[str, list[Cell]] = {}
-        for d, ks in groups:
-            for k in ks:
-                if d != NO_DEFENSE and k in _HIGHER_IS_BETTER:
-                    per_metric.setdefault(k, []).append(cells[j])
-                j += 1
+        for (d, k), c in zip(columns, cells):
+            if d != NO_DEFENSE and k in _HIGHER_IS_BETTER:
+                per_metric.setdefault(k, []).append(c)
         for k, cs in per_metric.items():
             cs = [c for c in cs if not c.partial]
             vals = [c.value for c in cs if math.isfinite(c.value)]
@@ -499,8 +476,7 @@ def render_markdown(df: pd.DataFrame, metrics=None, *, title: str | None = None)
     lines = []
     if title:
         lines += [f"## {title}", ""]
-    lines.append("| " + " | ".join(md_escape(h) for h in header) + " |")
-    lines.append("|" + "|".join(align) + "|")
+    lines += ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "|".join(align) + "|"]
     for name, cells in lay.rows:
         label = f"**{name}**" if name == "Mean" and len(lay.rows) > 1 else md_escape(name)
         out = [label]
@@ -511,12 +487,9 @@ def render_markdown(df: pd.DataFrame, metrics=None, *, title: str | None = None)
     lines.append("")
     lines += [f"- {n}" for n in lay.notes]
     if lay.data_used:
-        lines.append("")
-        lines.append("Data used: " + "; ".join(f"{lay.name(d)}: {u}" for d, u in lay.data_used) + ".")
+        lines += ["", "Data used: " + "; ".join(f"{lay.name(d)}: {u}" for d, u in lay.data_used) + "."]
     if lay.problems:
-        lines.append("")
-        lines.append("Sources not re-evaluated:")
-        lines += [f"- {md_escape(_shorten(p))}" for p in lay.problems]
+        lines += ["", "Sources not re-evaluated:"] + [f"- {md_escape(_shorten(p))}" for p in lay.problems]
     return "\n".join(lines) + "\n"
 
 
@@ -549,11 +522,7 @@ def render_latex(df: pd.DataFrame, metrics=None, *, caption: str | None = None,
     def cell(c: Cell) -> str:
         t = latex_escape(c.text).replace("–", "--")
         t = rf"\textbf{{{t}}}" if c.best else t
-        if c.from_csv:
-            t += r"$^\dagger$"
-        if c.partial:
-            t += r"$^\ddagger$"
-        return t
+        return t + (r"$^\dagger$" if c.from_csv else "") + (r"$^\ddagger$" if c.partial else "")
 
     body = []
     for i, (name, cells) in enumerate(lay.rows):
@@ -605,11 +574,9 @@ def write_comparison(df: pd.DataFrame, out_dir: str | os.PathLike, *, metrics=No
               save_text(render_latex(df, metrics), out / "comparison.tex")]
     written: list[Path] = []
     if plots:
-
         for attack in dict.fromkeys(df["attack"]):
             sub = df[df["attack"] == attack]
-            has_numbers = sub[sub["defense"] != NO_DEFENSE][["test_acc", "test_asr"]].notna().any(axis=None)
-            if has_numbers:
+            if sub[sub["defense"] != NO_DEFENSE][["test_acc", "test_asr"]].notna().any(axis=None):
                 written += P.plot_radar(sub, out / f"radar_{_safe(attack)}").paths
             else:
                 log.warning("%s: no radar plot (no defense has ACC/ASR numbers yet)", attack)
@@ -623,8 +590,7 @@ def write_comparison(df: pd.DataFrame, out_dir: str | os.PathLike, *, metrics=No
                 except BurnError as exc:  # a broken scores.npz must not cost the other plots
                     log.warning("%s: no detection plots (%s)", ddir, exc)
                     continue
-                for p in res.values():
-                    written += p.paths
+                written += [path for p in res.values() for path in p.paths]
     if root is not None:
         tables_, plots_ = _write_across_attacks(df, out, Path(root), plots)
         tables += tables_

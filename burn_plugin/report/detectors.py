@@ -37,8 +37,7 @@ def read_results(paths) -> list[dict]:
     results: list[dict] = []
     for path in paths:
         try:
-            with open(path) as f:
-                loaded = json.load(f)
+            loaded = json.loads(Path(path).read_text())
             if not (isinstance(loaded, list) and all(isinstance(r, dict) and "detectors" in r for r in loaded)):
                 raise ValueError("not a list of records with their detectors")
         except (OSError, ValueError) as exc:

@@ -131,9 +131,7 @@ def verdict(df: pd.DataFrame) -> str:
     def said(name):
         got = removed_on(df, name)
         return f"{len(got)} of {n}" + (f" ({', '.join(got)})" if got else "")
-    best = {}
-    for name, head in DETECTORS:
-        best[head] = len(removed_on(df, name))
+    most = max(len(removed_on(df, name)) for name, _ in DETECTORS)
     at = _lookup(df)
     kept = [(at[(a, "burn[box-aware]")].test_asr, a, at[(a, "burn[box-aware]")].test_acc - at[(a, "no_defense")].test_acc)
             for a in dict.fromkeys(df["attack"]) if (a, "burn[box-aware]") in at and (a, "no_defense") in at
@@ -142,15 +140,15 @@ def verdict(df: pd.DataFrame) -> str:
     return (f"**Verdict.** With no clean data, BURN (the paper's loop) removes the backdoor (ASR <= {REMOVED_ASR:g}%, "
             f"ACC within {KEPT_ACC:g} points of no defense) on {said('burn[box-aware]')} records of 60,000 training "
             f"images{closest}; with another "
-            f"poison detector on at most {max(best.values())} of {n}. With clean data, FT (5%) does on "
+            f"poison detector on at most {most} of {n}. With clean data, FT (5%) does on "
             f"{said('ft')}, ULRL (1%) on {said('ulrl')}. Detection is where BURN fails: "
             f"[detectors](docs/results/detectors_20k/detectors.md).\n")
 
 
 def _data_used(df: pd.DataFrame, columns) -> str:
-    out = []
     if "data_used" not in df.columns:
         return ""
+    out = []
     for name, head in columns:
         vals = sorted({str(v) for v in df.loc[df["defense"] == name, "data_used"].dropna()})
         if vals:
@@ -304,16 +302,16 @@ def render_pages(results_dir: str | os.PathLike, readme: str | os.PathLike | Non
              Page(results_dir / "index.md", index_page(df))]
     pages += [Page(results_dir / sub / "detectors.md", detectors_page(results_dir / sub, title))
               for sub, title in DETECTOR_PAGES.items() if (results_dir / sub).is_dir()]
-    pages += [Page(results_dir / sub / "comparison.md",
-                   round_page(read_comparison(results_dir / sub / "comparison.csv"), title, what))
-              for sub, (title, what) in ROUND_PAGES.items() if (results_dir / sub / "comparison.csv").is_file()]
+    rounds = {sub: read_comparison(results_dir / sub / "comparison.csv") for sub in ROUND_PAGES
+              if (results_dir / sub / "comparison.csv").is_file()}
+    pages += [Page(results_dir / sub / "comparison.md", round_page(rdf, *ROUND_PAGES[sub]))
+              for sub, rdf in rounds.items()]
     if readme is not None:
         readme = Path(readme)
         rel = os.path.relpath(results_dir / "comparison.csv", readme.parent)
-        rounds = {sub: (read_comparison(results_dir / sub / "comparison.csv"),
-                        os.path.relpath(results_dir / sub / "comparison.md", readme.parent))
-                  for sub in ROUND_PAGES if (results_dir / sub / "comparison.csv").is_file()}
-        pages.append(Page(readme, fill_blocks(readme.read_text(), readme_blocks(df, rel, rounds), str(readme))))
+        linked = {sub: (rdf, os.path.relpath(results_dir / sub / "comparison.md", readme.parent))
+                  for sub, rdf in rounds.items()}
+        pages.append(Page(readme, fill_blocks(readme.read_text(), readme_blocks(df, rel, linked), str(readme))))
     return pages
 
 

@@ -29,10 +29,9 @@ log = logging.getLogger("burn")
 
 def _percent(v) -> float:
     try:
-        f = float(v)
+        return 100 * float(v)
     except (TypeError, ValueError):
         return float("nan")
-    return 100 * f
 
 
 # ------------------------------------------------------------------------------------------------
@@ -43,7 +42,6 @@ def plot_radar(table, out_stem: str | os.PathLike, *, title: str | None = None) 
     table (a DataFrame or list of dicts with ``defense``, ``test_acc``, ``test_asr``; a ``no_defense``
     row gives the dashed reference)."""
     import pandas as pd
-
 
     df = pd.DataFrame(table)
     if df.empty or "defense" not in df.columns:
@@ -151,7 +149,6 @@ def plot_radar_by_defense(table, out_stem: str | os.PathLike, *, title: str | No
     lines). Needs three or more attacks (a radar of two axes has no area)."""
     import pandas as pd
 
-
     df = pd.DataFrame(table)
     if df.empty or not {"attack", "defense"} <= set(df.columns):
         raise BadInputError("plot_radar_by_defense needs rows with 'attack' and 'defense' columns")
@@ -164,11 +161,8 @@ def plot_radar_by_defense(table, out_stem: str | os.PathLike, *, title: str | No
         raise BadInputError("no defense has ACC/ASR numbers to plot")
 
     def series(defense, metric):
-        out = []
-        for a in attacks:
-            r = df[(df["attack"] == a) & (df["defense"] == defense)]
-            out.append(_percent(r[metric].iloc[0]) if len(r) else float("nan"))
-        return out
+        rows = [df[(df["attack"] == a) & (df["defense"] == defense)] for a in attacks]
+        return [_percent(r[metric].iloc[0]) if len(r) else float("nan") for r in rows]
 
     base = {m: series(NO_DEFENSE, m) for m in ("test_acc", "test_asr")}
     values = {d: {m: series(d, m) for m in ("test_acc", "test_asr")} for d in defenses}
