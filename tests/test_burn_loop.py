@@ -270,3 +270,35 @@ def test_clean_veto_keeps_the_detectors_top_out_of_every_clean_set(small_problem
     zero = run_burn(copy.deepcopy(model), data, cfg(clean_veto=0.0), progress=False)
     assert all(torch.equal(u, v) for u, v in zip(reference_run.model.state_dict().values(),
                                                   zero.model.state_dict().values()))
+
+
+def test_k_pT_estimate_sets_the_last_rounds_share_from_scans_estimate(small_problem):
+    """k_pT_estimate m: the schedule runs from k_p0 to m x SCAn's estimated share (clipped to [k_p0,
+    100 - k_cT]); the estimate reaches the result; 0 is the fixed k_pT, bit for bit."""
+    from burn_plugin.core.burn import estimated_k_pT, schedule_counts
+
+    model, data = small_problem
+    rule = dict(detector="scan", rounds=2)
+    fixed = run_burn(copy.deepcopy(model), data, cfg(**rule), progress=False)
+    zero = run_burn(copy.deepcopy(model), data, cfg(k_pT_estimate=0.0, **rule), progress=False)
+    assert all(torch.equal(u, v) for u, v in zip(fixed.model.state_dict().values(), zero.model.state_dict().values()))
+    est = run_burn(copy.deepcopy(model), data, cfg(k_pT_estimate=1.5, **rule), progress=False)
+    n_est = est.poison_estimate
+    assert fixed.poison_estimate == n_est and isinstance(n_est, int) and 0 < n_est < len(data)
+    k_pT = min(max(1.5 * 100.0 * n_est / len(data), 5.0), 80.0)
+    assert estimated_k_pT(cfg(k_pT_estimate=1.5, **rule), n_est, len(data)) == pytest.approx(k_pT)
+    sizes = [c[2] for c in schedule_counts(cfg(k_pT=k_pT, **rule), len(data))]
+    assert [len(s.poison) for s in est.selections] == sizes
+    assert sizes[0] == 10 and sizes[-1] == round(len(data) * k_pT / 100)
+    # the clip: a factor that would ask for more than 100 - k_cT % stops there
+    assert estimated_k_pT(cfg(k_pT_estimate=10.0, **rule), len(data), len(data)) == 80.0
+    assert estimated_k_pT(cfg(k_pT_estimate=1.0, **rule), 0, len(data)) == 5.0
+
+
+def test_k_pT_estimate_needs_a_detector_that_estimates():
+    from burn_plugin.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="k_pT_estimate needs a detector that estimates"):
+        BurnConfig(detector="spectral", k_pT_estimate=1.0)
+    with pytest.raises(ConfigError, match="k_pT_estimate is a factor"):
+        BurnConfig(detector="scan", k_pT_estimate=-1.0)

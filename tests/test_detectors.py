@@ -115,6 +115,23 @@ def test_feature_detectors_are_deterministic_and_take_precomputed_features():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("share", SHARES)
+def test_scan_estimates_the_planted_count(share):
+    """SCAn's estimate of the poisoned count is the suspect identity of the label with the largest J: the
+    planted group, whose shift (norm 8) is 8 noise standard deviations, so at most one sample in a
+    hundred of the target label lands on the wrong side."""
+    from burn_plugin.core.config import POISON_ESTIMATORS
+
+    x, y, l, _, poison = planted(share)
+    notes = {}
+    detector_scores("scan", tiny_model(), x, y, mean=MEAN, std=STD, boundary_distance=l, notes=notes)
+    assert abs(notes["poison_estimate"] - int(poison.sum())) <= PER // 100
+    for name in POISON_ESTIMATORS:   # every detector named there writes the estimate
+        notes = {}
+        detector_scores(name, tiny_model(), x, y, mean=MEAN, std=STD, boundary_distance=l, notes=notes)
+        assert isinstance(notes.get("poison_estimate"), int)
+
+
 def test_weak_split_labels_score_low():
     """A label without a planted group never outranks the planted group (activation clustering / SCAn)."""
     x, y, l, _, poison = planted(0.3)

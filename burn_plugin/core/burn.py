@@ -73,6 +73,7 @@ class BurnResult:
     stopped_early: str | None = None
     completed_rounds: int = 0
     detector: str = "boundary"           # whose score BD is (BurnConfig.detector)
+    poison_estimate: int | None = None   # the detector's estimate of the poisoned count, where it makes one
 
 
 class Checkpoint(Protocol):
@@ -93,17 +94,34 @@ class BoundaryCache(Protocol):
 
 
 def poison_scores(frozen: nn.Module, data: BurnData, cfg: BurnConfig, boundary: BoundaryResult, *,
-                  device="cpu", reference: nn.Module | None = None) -> torch.Tensor:
+                  device="cpu", reference: nn.Module | None = None, notes: dict | None = None) -> torch.Tensor:
     """BD: the chosen detector's score of every training sample, in [0, 1] (``cfg.detector``;
     ``boundary`` is the paper's ``l / l_max`` itself). ``frozen`` is the model the detector reads (the
-    detection model), ``reference`` the infected model when that is another one."""
+    detection model), ``reference`` the infected model when that is another one; ``notes`` receives what
+    the detector says besides (``detector_scores``)."""
     if cfg.detector == "boundary":
         return boundary_score(boundary.distance)
-
     return detector_scores(cfg.detector, frozen, data.x, data.y, mean=data.mean, std=data.std,
                            boundary_distance=boundary.distance, adv_label=boundary.adv_label, device=device,
                            batch_size=cfg.boundary_batch_size, seed=cfg.random_seed,
-                           reference_model=reference, side_rule=cfg.suspect_side)
+                           reference_model=reference, side_rule=cfg.suspect_side, notes=notes)
+
+
+def schedule_counts(cfg: BurnConfig, n: int, k_pT: float | None = None) -> list[tuple[float, float, int, int]]:
+    """``(k_p, k_c, n_p, n_c)`` of every round ``0..rounds``: the linear schedules from ``k_p0`` to ``k_pT``
+    (``cfg.k_pT`` unless given) and from ``k_c0`` to ``k_cT`` (no clean set in round 0)."""
+    k_pT = cfg.k_pT if k_pT is None else k_pT
+    counts = []
+    for t in range(cfg.rounds + 1):
+        kp, kc = linear_schedule(cfg.k_p0, k_pT, t, cfg.rounds), linear_schedule(cfg.k_c0, cfg.k_cT, t, cfg.rounds)
+        counts.append((kp, kc, count_of(kp, n, "k_p"), count_of(kc, n, "k_c") if t > 0 else 0))
+    return counts
+
+
+def estimated_k_pT(cfg: BurnConfig, estimate: int, n: int) -> float:
+    """``k_pT`` from the detector's estimate of the poisoned count (``cfg.k_pT_estimate`` times its share
+    in %), at least ``k_p0`` and at most ``100 - k_cT``."""
+    return min(max(cfg.k_pT_estimate * 100.0 * estimate / n, cfg.k_p0), 100.0 - cfg.k_cT)
 
 
 #: offset of the detection model's shuffling/augmentation stream from the rounds' (seed * 1_000_003 + round)
@@ -254,13 +272,8 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
     timings = {"boundary_s": 0.0, "scoring_s": 0.0, "finetune_s": 0.0, "eval_s": 0.0}
     torch.manual_seed(cfg.random_seed)
     # sizes first: an empty selection is an input error and must fail before any work
-    counts = []
-    for t in range(cfg.rounds + 1):
-        kp, kc = linear_schedule(cfg.k_p0, cfg.k_pT, t, cfg.rounds), linear_schedule(cfg.k_c0, cfg.k_cT, t, cfg.rounds)
-        counts.append((kp, kc, count_of(kp, n, "k_p"), count_of(kc, n, "k_c") if t > 0 else 0))
-
+    counts = schedule_counts(cfg, n)
     if cfg.detector != "boundary":   # a detector that cannot read this model: one line, before any work
-
         check_detector_fits(cfg.detector, model)
     group = current_group(device)
     progress = progress and group.is_main
@@ -298,10 +311,15 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
                     int((~boundary.converged).sum()), n, cfg.max_iter)
     t0 = time.time()
     # only rank 0 selects (it fine-tunes alone), so only it needs BD
-    bd = poison_scores(detect, data, cfg, boundary, device=device, reference=None if detect is frozen else frozen) \
-        if group.is_main else torch.zeros(n, dtype=torch.float64)
+    notes: dict = {}
+    bd = poison_scores(detect, data, cfg, boundary, device=device, reference=None if detect is frozen else frozen,
+                       notes=notes) if group.is_main else torch.zeros(n, dtype=torch.float64)
     if cfg.detector != "boundary":
         timings["detector_s"] = time.time() - t0
+    poison_estimate = notes.get("poison_estimate")
+    if cfg.k_pT_estimate > 0:   # the last round's share from the detector's estimate (rank 0's, for every rank)
+        poison_estimate = group.broadcast_object(poison_estimate) if group.sharded else poison_estimate
+        counts = schedule_counts(cfg, n, estimated_k_pT(cfg, poison_estimate, n))
     adv_label = boundary.adv_label
 
     t0 = time.time()
@@ -402,7 +420,7 @@ def run_burn(model: nn.Module, data: BurnData, cfg: BurnConfig | None = None, *,
     set_channels_last(model, False)   # hand back ordinary contiguous weights
     return BurnResult(model=model.cpu(), boundary=boundary, bd=bd, final_pd=pd, final_score=score,
                       selections=selections, history=history, timings=timings, stopped_early=stopped,
-                      completed_rounds=len(history), detector=cfg.detector)
+                      completed_rounds=len(history), detector=cfg.detector, poison_estimate=poison_estimate)
 
 
 #: detection-model settings that shape nothing while their ``detection_model`` is the key's value

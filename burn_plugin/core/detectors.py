@@ -164,7 +164,7 @@ log = logging.getLogger("burn.core")
 
 __all__ = ["DetectorContext", "DetectorSpec", "DETECTORS", "register_detector", "list_detectors",
            "detector_scores", "penultimate_features", "normalise_across_labels", "robust_z_per_label",
-           "unit_rank", "suspect_side", "COMBINED_PARTNER", "AC_DIMS", "SCAN_DIMS", "MAD_SCALE",
+           "unit_rank", "suspect_side", "ScanLabel", "scan_labels", "scan_poison_estimate", "COMBINED_PARTNER", "AC_DIMS", "SCAN_DIMS", "MAD_SCALE",
            "batchnorm_layers", "check_detector_fits", "disagreement_evidence", "ibd_psc", "IbdPscResult",
            "abnormal_activations", "flare_split", "FlareSplit", "IBD_OMEGA", "IBD_N", "IBD_XI", "IBD_REFERENCE"]
 
@@ -437,6 +437,7 @@ class DetectorContext:
     _features: torch.Tensor | None = field(default=None, repr=False)
     reference_model: nn.Module | None = field(default=None, repr=False)
     side_rule: str = "boundary"   # how a label's suspect part is chosen (SIDE_RULES)
+    notes: dict = field(default_factory=dict)   # what a detector says besides its scores ("poison_estimate")
 
     @property
     def features(self) -> torch.Tensor:
@@ -524,7 +525,7 @@ def detector_scores(name: str, model: nn.Module | None, x: torch.Tensor | None, 
                     boundary_distance: torch.Tensor | None = None, adv_label: torch.Tensor | None = None,
                     device="cpu", batch_size: int = 256, seed: int = 0,
                     features: torch.Tensor | None = None, reference_model: nn.Module | None = None,
-                    side_rule: str = "boundary") -> torch.Tensor:
+                    side_rule: str = "boundary", notes: dict | None = None) -> torch.Tensor:
     """Suspicion score of every training sample under detector ``name``: float64 ``(N,)`` in [0, 1],
     higher = more likely poisoned.
 
@@ -535,7 +536,9 @@ def detector_scores(name: str, model: nn.Module | None, x: torch.Tensor | None, 
     :func:`penultimate_features` (skips the forward passes); ``reference_model`` the infected model
     when ``model`` is a separate detection model (``disagreement`` compares the two); ``side_rule`` how the
     feature detectors choose a label's suspect part (:func:`suspect_side`; ``adv_entropy`` needs
-    ``adv_label``). An unknown name is a
+    ``adv_label``); ``notes``, when given, receives what the detector says besides its scores
+    (``poison_estimate``: the detectors of ``core.config.POISON_ESTIMATORS`` estimate how many samples are poisoned).
+    An unknown name is a
     :class:`~burn_plugin.errors.ConfigError` listing the known ones; a batch-norm detector on a model
     without batch norm another, naming the detectors that fit (:func:`check_detector_fits`).
     """
@@ -561,6 +564,8 @@ def detector_scores(name: str, model: nn.Module | None, x: torch.Tensor | None, 
                           None if features is None else torch.as_tensor(features).float().reshape(n, -1),
                           reference_model=reference_model, side_rule=side_rule)
     s = torch.as_tensor(spec.fn(ctx)).reshape(-1)
+    if notes is not None:
+        notes.update(ctx.notes)
     if s.dtype != torch.float64:
         s = s.double()
     if len(s) != n or not bool(torch.isfinite(s).all()) or (n and (s.min() < 0 or s.max() > 1)):
@@ -703,9 +708,19 @@ def _whitener(cov: np.ndarray) -> np.ndarray:
     return vec / np.sqrt(np.maximum(ev, floor))
 
 
-@register_detector("scan", needs_boundary=False, needs_features=True)
-def _scan(ctx: DetectorContext) -> torch.Tensor:
-    """SCAn: two-identity untangling per label under the other labels' within-label covariance."""
+@dataclass(frozen=True)
+class ScanLabel:
+    """SCAn's two-identity split of one label: the label's positions, its suspect identity (a mask over
+    them), the statistic ``J`` and the posterior of the suspect identity per sample."""
+
+    idx: np.ndarray
+    suspect: np.ndarray
+    j: float
+    posterior: np.ndarray
+
+
+def scan_labels(ctx: DetectorContext) -> list[ScanLabel]:
+    """SCAn's untangling of every label with at least ``_MIN_LABEL`` samples and a non-trivial split."""
     f = _f64(ctx.features)
     y = ctx.labels_np()
     z = _pca(f, SCAN_DIMS, ctx.seed)
@@ -718,7 +733,7 @@ def _scan(ctx: DetectorContext) -> torch.Tensor:
         scatter[idx[0]] = r.T @ r
     total = sum(scatter.values()) if scatter else np.zeros((d, d))
     k = len(groups)
-    raw = np.zeros(ctx.n)
+    out = []
     for idx, side in groups:
         n_c = len(idx)
         if n_c < _MIN_LABEL:
@@ -738,8 +753,27 @@ def _scan(ctx: DetectorContext) -> torch.Tensor:
         j = pi_s * (1.0 - pi_s) * float(np.sum((mu_s - mu_o) ** 2))
         logit = (u - (mu_s + mu_o) / 2) @ (mu_s - mu_o) + np.log(pi_s / (1.0 - pi_s))
         post = 0.5 * (1.0 + np.tanh(logit / 2.0))  # the logistic function without overflow
-        raw[idx] = j * post
+        out.append(ScanLabel(idx, suspect, j, post))
+    return out
+
+
+@register_detector("scan", needs_boundary=False, needs_features=True)
+def _scan(ctx: DetectorContext) -> torch.Tensor:
+    """SCAn: two-identity untangling per label under the other labels' within-label covariance."""
+    raw = np.zeros(ctx.n)
+    labels = scan_labels(ctx)
+    for lab in labels:
+        raw[lab.idx] = lab.j * lab.posterior
+    ctx.notes["poison_estimate"] = scan_poison_estimate(labels)
     return unit_rank(raw)
+
+
+def scan_poison_estimate(labels: list[ScanLabel]) -> int:
+    """How many samples are poisoned, as SCAn sees it: the suspect identity of the label with the largest
+    ``J`` (one target label, the all-to-one attack; 0 when no label split)."""
+    if not labels:
+        return 0
+    return int(max(labels, key=lambda lab: lab.j).suspect.sum())
 
 
 @register_detector("combined", needs_boundary=True, needs_features=True)

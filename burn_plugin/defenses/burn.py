@@ -100,6 +100,8 @@ def describe(config: dict) -> list[str]:
         parts.append(f"{str(config['suspect_side']).replace('_', '-')} side")
     if config.get("clean_veto"):
         parts.append(f"veto {config['clean_veto']:g}%")
+    if isinstance(config.get("k_pT_estimate"), (int, float)) and config["k_pT_estimate"] > 0:
+        parts.append(f"k_pT {config['k_pT_estimate']:g} x estimate")
     parts += [f"{k} {config[k]:g}" for k in _SCHEDULE if isinstance(config.get(k), (int, float)) and differs(k)]
     return parts
 
@@ -143,6 +145,8 @@ def run(*, record: AttackRecord, model, config, device, evaluator, out: Path, re
 
     summary = {"detection": report, "boundary": res.boundary.summary(), "stopped_early": res.stopped_early,
                "completed_rounds": res.completed_rounds}
+    if res.poison_estimate is not None:   # the detector's estimate of the poisoned count (k_pT_estimate reads it)
+        summary["poison_estimate"] = res.poison_estimate
     if res.stopped_early:
         print(f"warning: {res.stopped_early}", file=sys.stderr)
     return {"model": res.model, "history": res.history, "timings": res.timings, "summary": summary,
