@@ -111,12 +111,13 @@ cmd_info.configure = _configure_info
 @subcommand("defend", "run BURN (or another method) on an attack record and write results beside it")
 def cmd_defend(args) -> int:
     from .bench.records import record_dataset, resolve_attack_folder
-    from .defend import config_class, defend, print_summary
+    from .defend import defend, print_summary
+    from .defenses import all_defenses, get_defense
     from .flags import given_flags
     from .settings import RUN_KEYS, merge_settings, resolve_yaml
 
     method = args.method
-    config_cls = config_class(method)
+    config_cls = get_defense(method).config_class
     folder = args.attack_folder or args.result_file
     if not folder:
         raise BadInputError("no record given; pass --attack_folder PATH (the folder holding attack_result.pt)")
@@ -126,8 +127,6 @@ def cmd_defend(args) -> int:
 
         get_spec(args.dataset)  # an unknown name is the first thing to report
     yaml_path = args.yaml_path or resolve_yaml(method, getattr(args, "dataset", None) or record_dataset(folder))
-    from .defenses import all_defenses
-
     all_keys = {k for d in all_defenses() for k in d.config_class.keys()}
     given = given_flags(args, sorted(all_keys) + list(RUN_KEYS))
     cfg, run, ignored, _ = merge_settings(config_cls, yaml_path, given)

@@ -43,15 +43,11 @@ from .core.distributed import join_process_group
 from .core.tensors import PixelSpaceModel
 from .defenses import all_defenses, get_defense
 from .errors import (RENDEZVOUS_TIMEOUT_VAR, BurnError, ConfigError, OutputExistsError, OutputNotWritableError,
-                     RankFailedError, stray_torchrun_variables, torchrun_env, torchrun_world)
+                     RankFailedError, stray_torchrun_variables, torchrun_env)
 from .fileio import (FileCheckpoint, finish_run, folder_lock, save_csv, save_json, save_torch, start_run,
                      started_here, writable_folder)
 
 log = logging.getLogger("burn")
-
-def config_class(method: str) -> type:
-    """The settings class of defense ``method`` (:mod:`burn_plugin.defenses`)."""
-    return get_defense(method).config_class
 
 
 def resolve_device(device: str | None) -> str:
@@ -100,10 +96,9 @@ def process_group(device: str, method: str):
                            timeout_s=env["timeout"], where=f"{env['master_addr']}:{env['master_port']}",
                            retry_hint=f", or raise {RENDEZVOUS_TIMEOUT_VAR} (seconds; now {env['timeout']:g})")
     rank = dist.get_rank()
-    burn_log = logging.getLogger("burn")
-    level = burn_log.level
+    level = log.level
     if rank != 0:
-        burn_log.setLevel(logging.ERROR)  # rank 0 speaks for the run
+        log.setLevel(logging.ERROR)  # rank 0 speaks for the run
     try:
         yield
     except BurnError:
@@ -111,7 +106,7 @@ def process_group(device: str, method: str):
     except Exception as exc:  # noqa: BLE001 - one line, then torchrun stops the others
         raise RankFailedError(f"rank {rank} of {world} failed: {type(exc).__name__}: {exc}") from exc
     finally:
-        burn_log.setLevel(level)
+        log.setLevel(level)
         if started_here:
             dist.destroy_process_group()
 
@@ -127,25 +122,16 @@ def setup_logger(out: Path) -> tuple[logging.Handler, Path]:
     path = out / "log" / f"{datetime.now().strftime('%Y_%m_%d_%H_%M_%S')}.log"
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
-    root = logging.getLogger("burn")
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    root.propagate = False  # INFO goes to the log file; the console gets warnings (below) and the summary
-    if not any(getattr(h, "_burn_console", False) for h in root.handlers):
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # INFO goes to the log file; the console gets warnings (below) and the summary
+    if not any(getattr(h, "_burn_console", False) for h in log.handlers):
         console = logging.StreamHandler()
         console.setLevel(logging.WARNING)
         console.setFormatter(logging.Formatter("warning: %(message)s"))
         console._burn_console = True
-        root.addHandler(console)
+        log.addHandler(console)
     return handler, path
-
-
-def _plots(out: Path) -> None:
-    """ROC, distance histogram and per-round curves beside the results; a plotting failure only warns."""
-    try:
-        plot_defense_folder(out)
-    except Exception as exc:  # noqa: BLE001 - plots are a convenience, never a reason to lose results
-        log.warning("plots were not written (%s: %s)", type(exc).__name__, exc)
 
 
 def cpu_name() -> str:
@@ -214,7 +200,7 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
            extra: dict | None = None) -> dict | None:
     """Defend one record; returns the summary also written to ``run.json`` (``None`` on every torchrun
     rank but the first, which writes it)."""
-    cls = config_class(method)  # validates the name and loads the registered methods
+    cls = get_defense(method).config_class  # validates the name and loads the registered methods
     config = config if config is not None else cls()
     record = load_record(attack_folder, trusted=trusted, dataset=dataset, dataset_path=dataset_path)
     # after the record (a broken record is the first thing to report), and before the output folder is made:
@@ -222,8 +208,10 @@ def defend(attack_folder, *, method: str = "burn", config=None, device: str = "c
     device = rank_device(resolve_device(device))
     model = record.build_model(model_name)
     out = prepare_output(record, method, output_dir, overwrite, resume, config)
-    if resume:
-        _check_checkpoint(out, method, config)
+    if resume:   # an unreadable checkpoint, or one the check_resume hook refuses (other settings), fails now
+        saved, check = FileCheckpoint(out / "checkpoint").load(), get_defense(method).check_resume
+        if saved is not None and check is not None:
+            check(saved, config)
     with process_group(device, method):
         if not is_main_rank():
             get_defense(method).run(record=record, model=model, config=config, device=device, evaluator=None,
@@ -272,8 +260,7 @@ def _defend_main(record, model, method, config, device, out, model_name, resume,
         summary = {
             "method": method, "record": str(record.folder), "attack": record.settings.get("attack"),
             "dataset": record.dataset, "model": model_name or record.model_name, "device": device,
-            "processes": torchrun_world(),
-            "config": config_dict,
+            "processes": torchrun_env()["world"], "config": config_dict,
             "before": before, "after": after, "wall_seconds": time.time() - started,
             "timings": outcome.get("timings", {}), "versions": versions(), "command": sys.argv,
             "log": str(log_path), "data_used": outcome.get("data_used"),
@@ -283,7 +270,10 @@ def _defend_main(record, model, method, config, device, out, model_name, resume,
         summary.update(outcome.get("summary", {}))
         summary.update(run_info or {})
         save_json(summary, out / "run.json")
-        _plots(out)
+        try:   # ROC, distance histogram and per-round curves beside the results
+            plot_defense_folder(out)
+        except Exception as exc:  # noqa: BLE001 - plots are a convenience, never a reason to lose results
+            log.warning("plots were not written (%s: %s)", type(exc).__name__, exc)
         refuse_finished(out, method, overwrite)  # checked again before the result that marks a finished run
         # written last: its presence marks a finished run (the overwrite check and `burn compare` rely on it)
         save_torch({"model_name": model_name or record.model_name, "num_classes": record.num_classes,
@@ -292,17 +282,8 @@ def _defend_main(record, model, method, config, device, out, model_name, resume,
         log.info("after: %s", json.dumps(after))
         return summary
     finally:
-        logging.getLogger("burn").removeHandler(handler)
+        log.removeHandler(handler)
         handler.close()
-
-
-def _check_checkpoint(out: Path, method: str, config) -> None:
-    """``--resume``: a checkpoint that is unreadable, or that the defense's ``check_resume`` hook refuses
-    (made with other settings), is reported now, before any work."""
-    saved = FileCheckpoint(out / "checkpoint").load()
-    check = get_defense(method).check_resume
-    if saved is not None and check is not None:
-        check(saved, config)
 
 
 def print_summary(summary: dict) -> None:

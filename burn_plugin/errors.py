@@ -119,13 +119,6 @@ def _env_int(name: str, lo: int, hi: int, fix: str) -> int:
     return v
 
 
-def torchrun_world() -> int:
-    """How many processes ``torchrun`` started this run with: 1 outside torchrun (``WORLD_SIZE`` and
-    ``RANK`` are read only in a process torchrun started; see :data:`TORCHRUN_MARK`); a torchrun
-    variable that is missing or malformed is one :class:`ConfigError` line."""
-    return torchrun_env()["world"]
-
-
 def torchrun_env() -> dict:
     """``{world, rank, local_rank, master_addr, master_port, timeout}`` of this process: one rank of one
     outside torchrun; under torchrun every variable it sets, checked (``MASTER_ADDR``/``MASTER_PORT`` and
@@ -180,8 +173,7 @@ def os_error_line(exc: OSError) -> str:
     """One line naming what the operating system refused, the path, and the fix."""
     where = f" ({exc.filename})" if exc.filename else ""
     if exc.errno == errno.ENAMETOOLONG:
-        return (f"a path component is longer than the file system allows{where}; use shorter folder or file "
-                f"names")
+        return f"a path component is longer than the file system allows{where}; use shorter folder or file names"
     if exc.errno in _BAD_PATH_ERRNOS:
         return f"{exc.strerror or exc}{where}; check the path"
     if exc.errno == errno.ENOSPC:

@@ -59,11 +59,9 @@ def add_algorithm_flags(parser: argparse.ArgumentParser, config_classes=(BurnCon
             kind = type(default)
             kwargs: dict = {"default": argparse.SUPPRESS}
             if kind is bool:
-                kwargs["type"] = _bool
-                kwargs["metavar"] = "BOOL"
+                kwargs.update(type=_bool, metavar="BOOL")
             elif kind is tuple:
-                kwargs["type"] = float
-                kwargs["nargs"] = len(default)
+                kwargs.update(type=float, nargs=len(default))
             elif kind in (int, float, str):
                 kwargs["type"] = kind
             choices = config_cls.choices_of(f.name) if hasattr(config_cls, "choices_of") else None

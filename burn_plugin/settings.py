@@ -45,10 +45,7 @@ def package_data_dir(package: str, repo_folder: str) -> Path | None:
 
     pkg = Path(burn_plugin.__file__).resolve().parent
     candidates += [pkg / package.rsplit(".", 1)[-1], pkg.parent / repo_folder]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return None
+    return next((c for c in candidates if c.is_dir()), None)
 
 
 def bundled_config_dir() -> Path:
@@ -131,8 +128,7 @@ def load_yaml(path: str | Path) -> dict:
 def split_settings(merged: dict[str, Any], *, source: str, config_cls=BurnConfig) -> tuple[Any, dict, list]:
     """Split merged settings into (algorithm config, run options, ignored keys); unknown keys fail."""
     algo_keys = set(config_cls.keys())
-    algo, run, ignored = {}, {}, []
-    unknown = []
+    algo, run, ignored, unknown = {}, {}, [], []
     for k, v in merged.items():
         if v is None:
             continue  # as in BackdoorBench, a YAML null means "not set": the default applies

@@ -162,15 +162,10 @@ _IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 
 
 def _idx_pair(folder: Path, train: bool) -> tuple[Path, Path] | None:
-    out = []
-    for stem in _IDX_NAMES[train]:
-        for cand in (folder / stem, folder / (stem + ".gz")):
-            if cand.is_file():
-                out.append(cand)
-                break
-        else:
-            return None
-    return out[0], out[1]
+    """The images and labels files (each plain or gzipped) of a split in ``folder``; None if one is missing."""
+    pair = tuple(next((c for c in (folder / stem, folder / f"{stem}.gz") if c.is_file()), None)
+                 for stem in _IDX_NAMES[train])
+    return None if None in pair else pair
 
 
 def _load_idx_dataset(folders: Sequence[Path], train: bool, name: str) -> ArrayImageDataset:
@@ -187,20 +182,9 @@ def _load_idx_dataset(folders: Sequence[Path], train: bool, name: str) -> ArrayI
                             f"{spec.how_to_get}")
 
 
-def _load_mnist(root: Path, train: bool):
-    return _load_idx_dataset([root / "MNIST" / "raw"], train, "mnist")
-
-
-def fashionmnist_folders(root: Path | None) -> list[Path]:
-    folders = []
-    if root is not None:
-        folders += [root / "FashionMNIST" / "raw", root]
-    folders.append(DEBIAN_FASHION_MNIST)
-    return folders
-
-
 def _load_fashionmnist(root: Path | None, train: bool):
-    return _load_idx_dataset(fashionmnist_folders(root), train, "fashionmnist")
+    folders = [root / "FashionMNIST" / "raw", root] if root is not None else []
+    return _load_idx_dataset(folders + [DEBIAN_FASHION_MNIST], train, "fashionmnist")
 
 
 #: set to 1 to accept CIFAR batch files whose md5 differs from torchvision's (synthetic or re-packed
@@ -321,13 +305,14 @@ def _image_folder(folder: Path):
 
 #: datasets BackdoorBench's defenses accept but the plugin has no loader for
 BACKDOORBENCH_ONLY = ("celeba", "imagenet")
-_MNIST_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_MNIST_IDX = _IDX_NAMES[True] + _IDX_NAMES[False]
 
 register_dataset(DatasetSpec(
     "mnist", 10, 28, 28, 1, (0.5,), (0.5,), False,
     layout="<root>/data/mnist/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
     how_to_get="place the four MNIST idx files in MNIST/raw/ (Fashion-MNIST's idx files also work there)",
-    loader=_load_mnist, train_size=60_000, default_epochs=5, bb_name="mnist",
+    loader=lambda root, train: _load_idx_dataset([root / "MNIST" / "raw"], train, "mnist"),
+    train_size=60_000, default_epochs=5, bb_name="mnist",
     bb_files=(tuple(f"MNIST/raw/{f}" for f in _MNIST_IDX), ("MNIST/processed/training.pt", "MNIST/processed/test.pt"))))
 register_dataset(DatasetSpec(
     "fashionmnist", 10, 28, 28, 1, (0.2860,), (0.3530,), False,
@@ -404,10 +389,7 @@ def to_uint8_tensor(raw, spec: DatasetSpec, indices: Sequence[int] | None = None
     data = getattr(raw, "data", None)
     if isinstance(data, np.ndarray) and data.shape[1:3] == (spec.height, spec.width):
         arr = data[np.asarray(list(idx), dtype=np.int64)] if indices is not None else data
-        if arr.ndim == 3:
-            arr = np.repeat(arr[:, None], 3, axis=1)
-        else:
-            arr = arr.transpose(0, 3, 1, 2)
+        arr = np.repeat(arr[:, None], 3, axis=1) if arr.ndim == 3 else arr.transpose(0, 3, 1, 2)
         return torch.from_numpy(np.ascontiguousarray(arr))
     out = np.empty((len(idx), 3, spec.height, spec.width), dtype=np.uint8)
     for j, i in enumerate(idx):

@@ -24,9 +24,7 @@ METRIC_COLUMNS = ("test_acc", "test_asr", "test_ra", "clean_test_loss_avg_over_b
 def accuracy(preds, labels) -> float | None:
     """Share of ``preds == labels``; ``None`` for empty input (as BackdoorBench's ``all_acc``)."""
     preds, labels = np.asarray(preds), np.asarray(labels)
-    if len(labels) == 0:
-        return None
-    return float((preds == labels).mean())
+    return float((preds == labels).mean()) if len(labels) else None
 
 
 def der(acc_bd: float, acc_def: float, asr_bd: float, asr_def: float) -> float:
@@ -98,14 +96,8 @@ def summarize(df):
 
 def as_metric_row(values: dict) -> dict:
     """Drop ``None`` and store NaN (not Inf) as ``"nan_value"``, as BackdoorBench's aggregator does."""
-    row = {}
-    for k, v in values.items():
-        if v is None:
-            continue
-        if isinstance(v, (float, np.floating)) and math.isnan(v):
-            v = "nan_value"
-        row[k] = v
-    return row
+    return {k: "nan_value" if isinstance(v, (float, np.floating)) and math.isnan(v) else v
+            for k, v in values.items() if v is not None}
 
 
 def evaluate_model(model, record, *, device: str = "cpu", batch_size: int = 256) -> dict:

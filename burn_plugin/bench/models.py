@@ -110,9 +110,7 @@ class PreActBlock(nn.Module):
     def forward(self, x):
         pre = F.relu(self.bn1(x))
         skip = self.shortcut(pre) if hasattr(self, "shortcut") else x
-        out = self.conv1(pre)
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + skip
+        return self.conv2(F.relu(self.bn2(self.conv1(pre)))) + skip
 
 
 class PreActResNet(nn.Module):
@@ -137,8 +135,7 @@ class PreActResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x):
-        out = self.conv1(x)
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
         out = torch.flatten(self.avgpool(out), 1)
         return self.linear(out)
 

@@ -32,9 +32,7 @@ def find_attack_folders(root: str | os.PathLike) -> list[Path]:
 def find_defense_folders(attack_folder: Path) -> list[Path]:
     """``<attack>/defense/<name>/`` folders, names starting with ``.`` skipped, sorted by name."""
     d = Path(attack_folder) / "defense"
-    if not d.is_dir():
-        return []
-    return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")) if d.is_dir() else []
 
 
 def attack_dir(root: Path, attack: str) -> Path:

@@ -85,8 +85,7 @@ class Group:
             mine = mine.to(torch.uint8)
         got = [torch.empty_like(mine) for _ in range(self.world)]
         dist.all_gather(got, mine)
-        rows = torch.cat([g[:c].cpu() for g, c in zip(got, counts)])
-        return rows.to(t.dtype)
+        return torch.cat([g[:c].cpu() for g, c in zip(got, counts)]).to(t.dtype)
 
     def broadcast_model(self, model: nn.Module) -> None:
         """Rank 0's parameters and buffers, in place, on every rank."""

@@ -133,11 +133,10 @@ def find_classifier(model: nn.Module, example: torch.Tensor, linear_name: str = 
     """
     inner = inner_model(model)
     named = dict(inner.named_modules())
-    if linear_name != "auto":
-        if linear_name not in named:
-            linears = [n for n, m in named.items() if isinstance(m, nn.Linear)]
-            raise ShapeMismatchError(f"{type(inner).__name__} has no module {linear_name!r} (linear_name); its "
-                                     f"nn.Linear layers: {', '.join(linears) or 'none'}; use linear_name: auto")
+    if linear_name != "auto" and linear_name not in named:
+        linears = [n for n, m in named.items() if isinstance(m, nn.Linear)]
+        raise ShapeMismatchError(f"{type(inner).__name__} has no module {linear_name!r} (linear_name); its "
+                                 f"nn.Linear layers: {', '.join(linears) or 'none'}; use linear_name: auto")
     outputs: dict[str, Any] = {}
 
     def record(name, out):  # keyed in the order of each module's last call
@@ -154,7 +153,7 @@ def find_classifier(model: nn.Module, example: torch.Tensor, linear_name: str = 
         for h in hooks:
             h.remove()
         model.train(was_training)
-    out = out if isinstance(out, torch.Tensor) else out[0]
+    out = logits_of(out)
     # in the order the modules finished: the first is the one that made the tensor, then pass-throughs
     producers = [n for n, o in outputs.items() if o is out]
     linears = [n for n in producers if isinstance(named[n], nn.Linear)]

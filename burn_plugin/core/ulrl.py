@@ -155,10 +155,9 @@ class ULRLConfig(ConfigBase):
                 setattr(self, k, "")
             need(isinstance(getattr(self, k), str), f"{k} must be a file path (or empty), got {v!r:.60}")
         self._check_choices()
-        need(is_int(self.unlearning_epochs) and self.unlearning_epochs >= 1,
-             f"unlearning_epochs must be an integer >= 1, got {self.unlearning_epochs!r}")
-        need(is_int(self.relearn_epochs) and self.relearn_epochs >= 0,
-             f"relearn_epochs must be an integer >= 0, got {self.relearn_epochs!r}")
+        for k, lo in (("unlearning_epochs", 1), ("relearn_epochs", 0)):
+            v = getattr(self, k)
+            need(is_int(v) and v >= lo, f"{k} must be an integer >= {lo}, got {v!r}")
         for k in ("unlearning_lr", "relearn_lr"):
             v = getattr(self, k)
             need(_num(v) and v > 0, f"{k} must be > 0, got {v!r}")
@@ -222,9 +221,9 @@ def _finish_row(row: dict, model, evaluate, cfg, history: list, on_epoch) -> Non
         on_epoch(row)
 
 
-def _epoch_rows(phase: str, epoch: int, loss: float, acc: float, lr: float) -> dict:
-    return {"phase": phase, "phase_epoch": epoch, "lr": lr, "train_epoch_loss_avg_over_batch": loss,
-            "train_acc": acc}
+def _epoch_rows(phase: str, rec: dict) -> dict:
+    return {"phase": phase, "phase_epoch": rec["epoch"] + 1, "lr": rec["lr"],
+            "train_epoch_loss_avg_over_batch": rec["train_epoch_loss_avg_over_batch"], "train_acc": rec["train_acc"]}
 
 
 def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ULRLConfig, *, device="cpu",
@@ -250,8 +249,7 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ULRLConfig,
 
     def on(rec: dict) -> bool:
         nonlocal stopped
-        row = _epoch_rows("unlearn", rec["epoch"] + 1, rec["train_epoch_loss_avg_over_batch"], rec["train_acc"],
-                          rec["lr"])
+        row = _epoch_rows("unlearn", rec)
         if rec["train_acc"] <= cfg.clean_threshold:
             stopped = rec["epoch"] + 1
             row["unlearn_stop"] = True
@@ -271,11 +269,6 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ULRLConfig,
 # ------------------------------------------------------------------------------------------------
 # suspicious neurons
 
-def _lower_median(v: torch.Tensor) -> torch.Tensor:
-    """``torch.median``: the lower of the two middle values for an even count (as the authors' code)."""
-    return torch.median(v)
-
-
 def select_suspicious_neurons(w_before: torch.Tensor, w_after: torch.Tensor, z_threshold: float = 3.5,
                               max_neurons: int = 2) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """Rows of the classifier weight that unlearning moved abnormally far: ``(indices, z_scores, changes)``.
@@ -292,9 +285,9 @@ def select_suspicious_neurons(w_before: torch.Tensor, w_after: torch.Tensor, z_t
         raise ShapeMismatchError(f"weight matrices must be 2-D and of one shape, got {tuple(w_before.shape)} "
                                  f"and {tuple(w_after.shape)}")
     changes = (w_after.detach().double().cpu() - w_before.detach().double().cpu()).abs().sum(dim=1)
-    med = _lower_median(changes)
+    med = torch.median(changes)   # the lower of the two middle values for an even count, as the authors' code
     dev = (changes - med).abs()
-    mad = _lower_median(dev)
+    mad = torch.median(dev)
     if mad > 0:
         z = dev / (MAD_SCALE * mad)
     else:
@@ -349,8 +342,7 @@ def relearn(model_infected: nn.Module, rows, x: torch.Tensor, y: torch.Tensor, c
         return loss
 
     def on(rec: dict) -> None:
-        row = _epoch_rows("relearn", rec["epoch"] + 1, rec["train_epoch_loss_avg_over_batch"], rec["train_acc"],
-                          rec["lr"])
+        row = _epoch_rows("relearn", rec)
         if rows:
             with torch.no_grad():
                 row["cos_to_original"] = float(F.cosine_similarity(linear.weight[idx], w_orig, dim=1).mean())

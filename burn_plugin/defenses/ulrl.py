@@ -35,15 +35,13 @@ import numpy as np
 import torch
 
 from ..bench.datasets import choose_clean_index, index_text
+from ..bench.metrics import METRIC_COLUMNS
 from ..core.ulrl import ULRLConfig, run_ulrl
 from ..errors import BadInputError, CorruptFileError, EmptySelectionError
 from ..fileio import finished_here, save_text
 from .registry import defense
 
 log = logging.getLogger("burn.ulrl")
-
-METRICS = ("test_acc", "test_asr", "test_ra", "clean_test_loss_avg_over_batch", "bd_test_loss_avg_over_batch",
-           "ra_test_loss_avg_over_batch")
 
 
 def burn_clean_positions(path: Path, n_train: int, labels: np.ndarray | None = None, *,
@@ -184,8 +182,7 @@ def _ulrl(*, record, model, config, device, evaluator, out: Path, resume: bool, 
             bar.close()
     summary.update(res.summary())
     target = record.attack_target()
-    summary["attack_target"] = target
-    summary["target_neuron_selected"] = (target in res.neurons) if target is not None else None
+    summary.update(attack_target=target, target_neuron_selected=(target in res.neurons) if target is not None else None)
     zs = ", ".join(f"{i} (z {res.z_scores[i]:.2f})" for i in res.neurons) or "none"
     stop = (f"stopped at epoch {res.stopped_epoch}" if res.stopped_epoch is not None else
             f"ran all {res.unlearn_epochs_run} epochs without reaching {cfg.clean_threshold}")
@@ -194,6 +191,6 @@ def _ulrl(*, record, model, config, device, evaluator, out: Path, resume: bool, 
     if res.note:
         print(f"warning: {res.note}", file=sys.stderr)
     last = res.history[-1] if res.history else {}
-    after = {k: last.get(k) for k in METRICS} if "test_acc" in last else None
+    after = {k: last.get(k) for k in METRIC_COLUMNS} if "test_acc" in last else None
     return {"model": res.model, "history": res.history, "timings": res.timings, "summary": {"ulrl": summary},
             "after": after, "files": files, "data_used": data_used}

@@ -102,8 +102,7 @@ def attack_params() -> dict:
 
 def describe_defaults(defaults: dict) -> str:
     """``default 2.0``, or per attack where they differ: ``default inputaware 1.0, wanet 2.0``."""
-    values = set(map(repr, defaults.values()))
-    if len(values) == 1:
+    if len(set(map(repr, defaults.values()))) == 1:
         return f"default {next(iter(defaults.values()))}"
     return "default " + ", ".join(f"{a} {v}" for a, v in defaults.items())
 

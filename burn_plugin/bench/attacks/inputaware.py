@@ -125,9 +125,8 @@ class TriggerNet(nn.Module):
 def make_nets(channels: int, mean, std) -> tuple[TriggerNet, TriggerNet]:
     """``(G, M)`` for images of ``channels`` channels (1: BackdoorBench's mnist nets, else its default)."""
     width, steps = (16, 2) if channels == 1 else (32, 3)
-    g = TriggerNet(channels, channels, width=width, steps=steps, mean=mean, std=std)
-    m = TriggerNet(channels, 1, width=width, steps=steps, mean=mean, std=std)
-    return g, m
+    return (TriggerNet(channels, channels, width=width, steps=steps, mean=mean, std=std),
+            TriggerNet(channels, 1, width=width, steps=steps, mean=mean, std=std))
 
 
 def threshold(m: torch.Tensor) -> torch.Tensor:
@@ -274,8 +273,7 @@ def train_generator(g: TriggerNet, m: TriggerNet, classifier: nn.Module, x: torc
                 c = min(int(a.cross_ratio * k), b - k)
                 x1, y1 = x[i1].to(device).float() / 255, y[i1].to(device)
                 x2 = x[i2].to(device).float() / 255
-                y_in = y1.clone()
-                x_in = x1.clone()
+                x_in, y_in = x1.clone(), y1.clone()
                 if k:
                     p1 = g(x1[:k])
                     x_in[:k] = compose(x1[:k], p1, threshold(m(x1[:k])))

@@ -29,10 +29,8 @@ CORNER = np.array([[1, -1, -1], [-1, 1, -1], [1, -1, 1]])
 def corner_mask(h: int, w: int) -> np.ndarray:
     """The (h, w) all-corners pattern of -1/0/+1 (made at 32x32, nearest-resized to h x w)."""
     m = np.zeros((32, 32))
-    m[:3, :3] = CORNER
-    m[-3:, :3] = CORNER
-    m[:3, -3:] = CORNER[:, ::-1]
-    m[-3:, -3:] = CORNER[:, ::-1]
+    m[:3, :3] = m[-3:, :3] = CORNER
+    m[:3, -3:] = m[-3:, -3:] = CORNER[:, ::-1]
     if (h, w) == (32, 32):
         return m
     from PIL import Image
@@ -46,8 +44,7 @@ def pgd_hard_images(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, step
     """Untargeted L-inf PGD on [0, 1] images ``x`` (uint8 or float NCHW): uint8 results.
     ``tie_channels``: one perturbation for all channels (a grayscale image shown as RGB stays gray)."""
     out = torch.empty(x.shape, dtype=torch.uint8)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)
     for s in range(0, len(x), batch_size):
         x0 = x[s:s + batch_size].float() / (255 if x.dtype == torch.uint8 else 1)
         yb = y[s:s + batch_size]

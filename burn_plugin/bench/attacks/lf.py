@@ -104,8 +104,7 @@ class LowFrequency(Attack):
 def make_pattern(ctx) -> np.ndarray:
     """The uint8 (H, W, 3) low-frequency trigger for ``ctx`` (see the module docstring)."""
     model = ctx.clean_model()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)
     rng = np.random.RandomState(ctx.settings.random_seed)
     pick = rng.choice(ctx.visible, min(N_IMAGES, len(ctx.visible)), replace=False)
     xs = ctx.images("train", pick).float() / 255

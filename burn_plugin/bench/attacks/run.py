@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ...core.config import integer_setting
 from ...core.tensors import PixelSpaceModel, state_hash
@@ -193,17 +194,11 @@ def _split_tensors(spec, raw, images: dict[int, np.ndarray], bd_labels: dict, in
     poison = np.zeros(len(indices), dtype=bool)
     for j, i in enumerate(indices):
         if int(i) in images:
-            x[j] = torch.from_numpy(D.pil_to_uint8(_pil(images[int(i)]), spec))
+            x[j] = torch.from_numpy(D.pil_to_uint8(Image.fromarray(images[int(i)]), spec))
             label[j] = bd_labels[int(i)]
             poison[j] = True
     return SplitTensors(x=x, label=torch.from_numpy(label), original_index=torch.from_numpy(indices.astype(np.int64)),
                         poison=torch.from_numpy(poison), original_label=torch.from_numpy(targets[indices].copy()))
-
-
-def _pil(arr: np.ndarray):
-    from PIL import Image
-
-    return Image.fromarray(arr)
 
 
 def run_attack(settings: AttackSettings, out_folder: Path, *, overwrite: bool = False, clean_reference: bool = False,
@@ -246,10 +241,8 @@ def _run_attack(settings: AttackSettings, spec, attack, final_folder: Path, *, o
     test_targets = np.asarray(raw_test.targets, dtype=np.int64)
     visible = _subset(len(train_targets), settings.train_subset, settings.random_seed + 1, "train_subset")
     train_idx = attack.train_indices(visible, train_targets[visible], settings)
-    if settings.attack_label_trans == "all2one":
-        test_idx = np.flatnonzero(test_targets != settings.attack_target)
-    else:
-        test_idx = np.arange(len(test_targets))
+    all2one = settings.attack_label_trans == "all2one"
+    test_idx = np.flatnonzero(test_targets != settings.attack_target) if all2one else np.arange(len(test_targets))
     test_idx = test_idx[_subset(len(test_idx), settings.test_subset, settings.random_seed + 2, "test_subset")]
 
     ctx = AttackContext(settings, spec, raw_train, raw_test, train_idx, test_idx, visible, epochs,
@@ -280,8 +273,7 @@ def _run_attack(settings: AttackSettings, spec, attack, final_folder: Path, *, o
         train_ind[train_idx] = 1
         test_ind = np.zeros(len(test_targets))
         test_ind[test_idx] = 1
-        bd_train_state = make_state(tr_dict, train_ind, visible,
-                                    folder_str and f"{folder_str}/bd_train_dataset")
+        bd_train_state = make_state(tr_dict, train_ind, visible, folder_str and f"{folder_str}/bd_train_dataset")
         bd_test_state = make_state(te_dict, test_ind, test_idx, folder_str and f"{folder_str}/bd_test_dataset")
 
         bd_train = _split_tensors(spec, raw_train, tr_imgs, tr_bd, visible)
@@ -308,13 +300,10 @@ def _run_attack(settings: AttackSettings, spec, attack, final_folder: Path, *, o
         save_torch(train_ind, out_folder / "train_poison_index_list.pickle")
         save_csv(df, out_folder / "attack_df.csv")
         save_csv(summarize(df), out_folder / "attack_df_summary.csv")
-        final = dict(history[-1])
-        final["train_seconds"] = train_seconds
+        final = dict(history[-1], train_seconds=train_seconds)
         if clean_reference:
-            clean_model = ctx.clean_model()
-            clean_m = evaluate(clean_model, clean_test, bd_test, batch_size=256, device=settings.device)
-            final["clean_reference_test_acc"] = clean_m["test_acc"]
-            final["clean_reference_test_asr"] = clean_m["test_asr"]
+            clean_m = evaluate(ctx.clean_model(), clean_test, bd_test, batch_size=256, device=settings.device)
+            final.update(clean_reference_test_acc=clean_m["test_acc"], clean_reference_test_asr=clean_m["test_asr"])
             save_json({"clean_model_test_acc": clean_m["test_acc"],
                        "clean_model_test_asr": clean_m["test_asr"],
                        "attacked_model_test_acc": final["test_acc"], "epochs": epochs, "model": settings.model},

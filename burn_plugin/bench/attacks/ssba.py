@@ -235,11 +235,9 @@ class SSBA(Attack):
                                                   "attack_test_replace_imgs_path")}
             return
         self.replace = None
-        for k in ("secret_bits", "encoder_steps", "encoder_batch_size"):
+        for k in ("secret_bits", "encoder_steps", "encoder_batch_size", "residual_bound"):
             if getattr(self, k) <= 0:
                 raise ConfigError(f"--{k} must be positive, got {getattr(self, k)}")
-        if self.residual_bound <= 0:
-            raise ConfigError(f"--residual_bound must be positive, got {self.residual_bound}")
 
         s, spec = ctx.settings, ctx.spec
         hyper = (spec.name, s.random_seed, self.secret_bits, self.encoder_steps, self.encoder_batch_size,
@@ -294,7 +292,7 @@ class SSBA(Attack):
         return np.ascontiguousarray(e.transpose(1, 2, 0))
 
 
-def _load_replace(path: str, n: int, spec, flag: str = "attack_train_replace_imgs_path") -> np.ndarray:
+def _load_replace(path: str, n: int, spec, flag: str) -> np.ndarray:
     """A BackdoorBench encoded split (N, H, W[, C]) uint8, checked against the split's size and shape
     from the file's header, before its data are read (:func:`~.base.load_npy`)."""
     def shape_ok(s: tuple) -> bool:

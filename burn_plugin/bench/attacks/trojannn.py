@@ -69,8 +69,7 @@ def optimise_trigger(model, layer, mask: torch.Tensor, neurons: torch.Tensor, ta
     x0, x = mask.clone(), mask.clone()
     costs: list[float] = []
     try:
-        for p in model.parameters():
-            p.requires_grad_(False)
+        model.requires_grad_(False)
         for _ in range(iters):
             x.requires_grad_(True)
             model(x * keep)
@@ -124,4 +123,3 @@ class TrojanNN(Attack):
         if img.ndim == 2:
             t = t[:, :, 0]       # the channels are tied for grayscale data
         return np.clip(img.astype(np.int64) + t, 0, 255).astype(np.uint8)
-
