@@ -21,11 +21,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 
 # the user's folder (boundary cache, marks of started runs) for this test session only, inherited by
-# every subprocess the tests start: never the tester's own ~/.cache/burn-plugin
+# every subprocess the tests start: never the tester's own ~/.cache/burn-plugin; removed when the session ends
 if "BURN_HOME" not in os.environ or not os.environ.get("BURN_TEST_KEEP_HOME"):
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["BURN_HOME"] = tempfile.mkdtemp(prefix="burn-home-")
+    atexit.register(shutil.rmtree, os.environ["BURN_HOME"], ignore_errors=True)   # no folder left behind
 # the synthetic CIFAR batch files of tests/synthetic.py cannot match torchvision's md5 (a test unsets this)
 os.environ["BURN_UNVERIFIED_DATA"] = "1"
 
