@@ -70,7 +70,7 @@ RUNS_20K: dict[str, tuple[str, ...]] = {
     "paper": (),
     "rule7": (*_SCAN, "--k_pT", "5"),
     "rule10": (*_SCAN, "--k_pT", "10", "--k_c0", "10", "--k_cT", "20"),
-    "est1.25": (*_SCAN, "--k_pT_estimate", "1.25", "--k_c0", "10", "--k_cT", "20"),
+    "rule11": (*_SCAN, "--k_pT_estimate", "1.25", "--k_c0", "10", "--k_cT", "20"),
 }
 
 
