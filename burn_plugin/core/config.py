@@ -101,10 +101,10 @@ from ..errors import ConfigError
 # Imports of torch-heavy modules sit inside the functions that need them: this module stays free of torch and
 # pandas so that `burn --help` and argument errors answer at once (tests/test_import_cycles.py holds it to that).
 
-#: the largest value an integer setting may take (batch sizes, iterations, neurons ...): far above any
-#: useful run, small enough that a slip such as ``1e23`` is refused at once instead of running forever
 #: detectors that estimate the poisoned share (``BurnConfig.k_pT_estimate``; core/detectors.py writes it)
 POISON_ESTIMATORS = ("scan",)
+#: the largest value an integer setting may take (batch sizes, iterations, neurons ...): far above any
+#: useful run, small enough that a slip such as ``1e23`` is refused at once instead of running forever
 MAX_INT_SETTING = 1_000_000
 #: tighter bounds for settings that count whole passes over the data
 MAX_PASSES = 10_000

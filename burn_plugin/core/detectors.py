@@ -164,7 +164,8 @@ log = logging.getLogger("burn.core")
 
 __all__ = ["DetectorContext", "DetectorSpec", "DETECTORS", "register_detector", "list_detectors",
            "detector_scores", "penultimate_features", "normalise_across_labels", "robust_z_per_label",
-           "unit_rank", "suspect_side", "ScanLabel", "scan_labels", "scan_poison_estimate", "COMBINED_PARTNER", "AC_DIMS", "SCAN_DIMS", "MAD_SCALE",
+           "unit_rank", "suspect_side", "ScanLabel", "scan_labels", "scan_poison_estimate", "COMBINED_PARTNER",
+           "AC_DIMS", "SCAN_DIMS", "MAD_SCALE",
            "batchnorm_layers", "check_detector_fits", "disagreement_evidence", "ibd_psc", "IbdPscResult",
            "abnormal_activations", "flare_split", "FlareSplit", "IBD_OMEGA", "IBD_N", "IBD_XI", "IBD_REFERENCE"]
 
@@ -537,8 +538,8 @@ def detector_scores(name: str, model: nn.Module | None, x: torch.Tensor | None, 
     when ``model`` is a separate detection model (``disagreement`` compares the two); ``side_rule`` how the
     feature detectors choose a label's suspect part (:func:`suspect_side`; ``adv_entropy`` needs
     ``adv_label``); ``notes``, when given, receives what the detector says besides its scores
-    (``poison_estimate``: the detectors of ``core.config.POISON_ESTIMATORS`` estimate how many samples are poisoned).
-    An unknown name is a
+    (``poison_estimate``: how many samples are poisoned, from the detectors of
+    ``core.config.POISON_ESTIMATORS``). An unknown name is a
     :class:`~burn_plugin.errors.ConfigError` listing the known ones; a batch-norm detector on a model
     without batch norm another, naming the detectors that fit (:func:`check_detector_fits`).
     """
