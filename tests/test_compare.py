@@ -569,6 +569,16 @@ def test_across_attacks_table_radar_and_roc(tree, tmp_path):
     assert (a3["mean_l_clean"], a3["mean_l_poison"], a3["l_ratio"]) == (1.0, 4.0, 4.0)
     assert a3["auroc_l"] == pytest.approx(0.9) and a3["phase1_precision"] == 0.5
     assert det[det["defense"] == "burn[spectral]"]["phase1_precision"].tolist() == [1.0]
+    # run.json is a stranger's file: rounds that are not a list of dicts give no precision, and a detector
+    # name that is not a short one-line text is not shown (no crash either way)
+    for rounds, detector in (("abc", "x\n| injected |"), (["abc"], 7), ([{"poison_set": "abc"}], "d" * 81)):
+        (root / "a2" / "defense" / "burn" / "run.json").write_text(json.dumps(
+            {"method": "burn", "config": {"detector": "boundary"},
+             "detection": dict(_detection(1.0, 3.0, 0.8, 0.5), rounds=rounds, detector=detector)}))
+        a2 = detection_table(df, root).query("attack == 'a2'").iloc[0]
+        assert a2["detector"] == "-" and math.isnan(a2["phase1_precision"]) and a2["mean_l_poison"] == 3.0
+    (root / "a2" / "defense" / "burn" / "run.json").write_text(json.dumps(
+        {"method": "burn", "config": {"detector": "boundary"}, "detection": _detection(1.0, 3.0, 0.8, 0.5)}))
 
     out = tmp_path / "cmp"
     assert main(["-q", "compare", str(root), "--out", str(out), "--no-reevaluate"]) == 0
@@ -629,6 +639,13 @@ def test_burn_settings_name_the_run_alike_on_every_attack():
     assert names("b", odd, set()) == ("burn[box-aware]", "BURN[box-aware]")
     assert names("b", {**odd, "label": "L" * 81, "named_settings": ["s"] * 33}, set()) == ("burn[box-aware]",
                                                                                            "BURN[box-aware]")
+    # so is its data-used text: a multi-line or overlong one falls back to what the table knows of the defense
+    from burn_plugin.report.compare import DATA_USED, data_used_of
+
+    assert data_used_of("ft", {"data_used": "5% clean subset of clean_train (100 samples)"}) == \
+        "5% clean subset of clean_train (100 samples)"
+    for odd_text in ("x\n- injected", "d" * 401, {"not": "text"}, ""):
+        assert data_used_of("sau", {"data_used": odd_text}) == DATA_USED.get("sau", "")
 
 
 def test_roc_takes_the_boundary_run_most_attacks_share(tmp_path):

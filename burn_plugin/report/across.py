@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..bench.runs import attack_dir, read_run_json
-from .runs import NO_DEFENSE, md_escape
+from .runs import NO_DEFENSE, md_escape, plain_text
 
 log = logging.getLogger("burn")
 
@@ -58,9 +58,13 @@ def detection_table(df: pd.DataFrame, root: str | Path) -> pd.DataFrame:
         det = run.get("detection")
         if not isinstance(det, dict) or "mean_distance_clean" not in det:
             continue
-        rounds = det.get("rounds") or [{}]
-        phase1 = (rounds[0].get("poison_set") or {}).get("precision")
-        rows.append({"attack": r["attack"], "defense": r["defense"], "detector": det.get("detector", "boundary"),
+        # a stranger's file: only a dict is a round or a poison set, only a short one-line text a detector's name
+        rounds = det.get("rounds") if isinstance(det.get("rounds"), list) else []
+        first = rounds[0] if rounds and isinstance(rounds[0], dict) else {}
+        poison_set = first.get("poison_set") if isinstance(first.get("poison_set"), dict) else {}
+        phase1 = poison_set.get("precision")
+        rows.append({"attack": r["attack"], "defense": r["defense"],
+                     "detector": plain_text(det.get("detector", "boundary")) or "-",
                      "n_train": det.get("n_train"), "n_poison": det.get("n_poison"),
                      "mean_l_clean": det.get("mean_distance_clean"), "mean_l_poison": det.get("mean_distance_poison"),
                      "l_ratio": _ratio(det.get("mean_distance_poison"), det.get("mean_distance_clean")),

@@ -49,7 +49,7 @@ from ..fileio import first_line, save_csv, save_text
 from . import across
 from . import plots as P
 # NO_DEFENSE and display_name are also imported from here by tests
-from .runs import NO_DEFENSE, display_name, labels_of, md_escape, order_defenses  # noqa: F401
+from .runs import NO_DEFENSE, display_name, labels_of, md_escape, order_defenses, plain_text  # noqa: F401
 
 log = logging.getLogger("burn")
 
@@ -80,14 +80,9 @@ TIDY_COLUMNS = ["attack", "defense", "label", "test_acc", "test_asr", "test_ra",
                 "baseline_source", "data_used", "model_name", "note", "folder"]
 
 
-#: the most named settings a run.json may give before they are ignored (BURN's describe names at most 17)
-_MAX_SETTINGS, _MAX_TEXT = 32, 80
-
-
-def _plain(value) -> str | None:
-    """``value`` if it is a short one-line text, else None: ``run.json`` is read as a stranger's file,
-    and what it says becomes table headers and figure titles."""
-    return value if isinstance(value, str) and 0 < len(value) <= _MAX_TEXT and value.isprintable() else None
+#: the most named settings a run.json may give before they are ignored (BURN's describe names at most 17),
+#: and the longest data-used text it may give (ULRL's names its index file's path)
+_MAX_SETTINGS, _MAX_DATA_USED = 32, 400
 
 
 def table_name(folder_name: str, run: dict, taken: set) -> tuple[str, str]:
@@ -100,10 +95,10 @@ def table_name(folder_name: str, run: dict, taken: set) -> tuple[str, str]:
     method = run.get("method") if isinstance(run.get("method"), str) else None
     spec = get_defense(method) if method in list_defenses() else None   # a run of a defense not installed now: none
     parts = run.get("named_settings")
-    if not (isinstance(parts, list) and len(parts) <= _MAX_SETTINGS and all(map(_plain, parts))):
+    if not (isinstance(parts, list) and len(parts) <= _MAX_SETTINGS and all(map(plain_text, parts))):
         config = run.get("config") if isinstance(run.get("config"), dict) else {}
         parts = spec.named_settings(config) if spec else []
-    label = _plain(run.get("label")) or (spec.display if spec else display_name(folder_name))
+    label = plain_text(run.get("label")) or (spec.display if spec else display_name(folder_name))
     if not parts:
         return folder_name, (label if method and folder_name == method else display_name(folder_name))
     inner = ", ".join(parts)
@@ -176,8 +171,7 @@ def read_defense_csv(defense_dir: Path, defense: str, method: str | None = None)
 
 
 def data_used_of(defense: str, run: dict) -> str:
-    v = run.get("data_used")
-    return v if isinstance(v, str) and v else DATA_USED.get(defense, "")
+    return plain_text(run.get("data_used"), _MAX_DATA_USED) or DATA_USED.get(defense, "")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -35,5 +35,11 @@ def labels_of(df) -> dict[str, str]:
     return out
 
 
+def plain_text(value, limit: int = 80) -> str | None:
+    """``value`` if it is a one-line text of at most ``limit`` characters, else None: a ``run.json`` is read
+    as a stranger's file, and what it says becomes table headers, cells, figure titles and data-used lines."""
+    return value if isinstance(value, str) and 0 < len(value) <= limit and value.isprintable() else None
+
+
 def md_escape(s: str) -> str:
     return str(s).replace("|", "\\|")
