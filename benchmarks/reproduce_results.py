@@ -71,6 +71,7 @@ RUNS_20K: dict[str, tuple[str, ...]] = {
     "rule7": (*_SCAN, "--k_pT", "5"),
     "rule10": (*_SCAN, "--k_pT", "10", "--k_c0", "10", "--k_cT", "20"),
     "rule11": (*_SCAN, "--k_pT_estimate", "1.25", "--k_c0", "10", "--k_cT", "20"),
+    "rule12": (*_SCAN, "--k_pT_estimate", "1", "--k_c0", "10", "--k_cT", "20", "--w0", "0", "--wT", "0"),
 }
 
 

@@ -295,6 +295,22 @@ def test_k_pT_estimate_sets_the_last_rounds_share_from_scans_estimate(small_prob
     assert estimated_k_pT(cfg(k_pT_estimate=1.0, **rule), 0, len(data)) == 5.0
 
 
+def test_w_zero_relabels_the_detectors_own_top_every_round(small_problem):
+    """w0 = wT = 0 (S = BD): every round relabels the detector's top by its own score, so that with
+    k_pT_estimate 1 the last round relabels exactly SCAn's estimate of the poisoned count; the clean
+    sets come from the rest, each label's lowest BD outside the veto."""
+    model, data = small_problem
+    rule = dict(detector="scan", rounds=2, k_pT_estimate=1.0, w0=0.0, wT=0.0, clean_veto=20,
+                clean_selection="per_label", clean_ranking="boundary")
+    res = run_burn(copy.deepcopy(model), data, cfg(**rule), progress=False)
+    top = torch.argsort(res.bd, descending=True, stable=True)
+    for s in res.selections:
+        assert torch.equal(s.poison, top[:len(s.poison)])
+        assert not torch.isin(s.clean, top[:40]).any()        # the veto: 20 % of 200
+    assert len(res.selections[-1].poison) == max(res.poison_estimate, 10)   # clipped below at k_p0 (5 %)
+    assert torch.equal(res.final_score, res.bd)
+
+
 def test_k_pT_estimate_needs_a_detector_that_estimates():
     from burn_plugin.errors import ConfigError
 
