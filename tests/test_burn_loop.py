@@ -297,8 +297,8 @@ def test_k_pT_estimate_sets_the_last_rounds_share_from_scans_estimate(small_prob
 
 def test_w_zero_relabels_the_detectors_own_top_every_round(small_problem):
     """w0 = wT = 0 (S = BD): every round relabels the detector's top by its own score, so that with
-    k_pT_estimate 1 the last round relabels exactly SCAn's estimate of the poisoned count; the clean
-    sets come from the rest, each label's lowest BD outside the veto."""
+    k_pT_estimate 1 the last round relabels exactly SCAn's estimate of the poisoned count; no clean set
+    takes a vetoed sample; the final score is BD itself."""
     model, data = small_problem
     rule = dict(detector="scan", rounds=2, k_pT_estimate=1.0, w0=0.0, wT=0.0, clean_veto=20,
                 clean_selection="per_label", clean_ranking="boundary")
