@@ -46,7 +46,8 @@ ROUND_PAGES = {
 #: folders of ``benchmarks/detectors.py --json`` files, each rendered into its ``detectors.md``
 DETECTOR_PAGES = {
     "detection_models": "Detectors read from each detection model: three small records (3,000 training images)",
-    "detectors_20k": "Detectors read from each detection model: records of 20,000 training images",
+    "detectors_20k": "Detectors read from each detection model: records of 20,000 training images, the box-aware "
+                     "boundary analysis (`--set box_aware=true`)",
 }
 FIGURE = "summary"
 
