@@ -234,7 +234,9 @@ def readme_blocks(df: pd.DataFrame, source: str, rounds: dict[str, tuple[pd.Data
     return {
         "verdict": note + verdict(df) + extra,
         "results": (note + "\nACC / ASR / RA in % (Fashion-MNIST, `smallresnet`, nine attacks; **bold**: backdoor "
-                    "removed). All rows, and BURN with each poison detector: "
+                    "removed). BURN is the paper's loop and settings with the box-aware DeepFool step "
+                    "(`--box_aware true`); the default, `false`, is the paper's step: \"BURN, paper's DeepFool\". "
+                    "All rows, and BURN with each poison detector: "
                     "[docs/results](docs/results/comparison.md).\n\n" + cell_table(df, MAIN) + "\n"
                     f"![ASR against the change of ACC per defense](docs/results/{FIGURE}.png)\n"),
     }
